@@ -1,0 +1,5 @@
+import sys
+
+from defectlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""Paired image/mask transforms: the same geometry for both, normalisation for the image only.
+
+Built on torchvision.transforms.v2, which applies one random draw to an ``Image`` and its ``Mask``.
+Resize modes:
+
+* ``squash``: resize to exactly (H, W), aspect ratio not kept (MVTec's usual 256x256 squash).
+* ``letterbox``: keep aspect ratio, fit the longer side, pad with zeros to (H, W).
+* ``crop``: keep aspect ratio, resize the shorter side, centre-crop to (H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from defectlab.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("squash", "letterbox", "crop")
+AUGMENTS = ("none", "basic", "strong")
+
+
+def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def resize_ops(size: int | Sequence[int], mode: str = "squash") -> list[v2.Transform]:
+    h, w = as_hw(size)
+    if mode == "squash":
+        return [v2.Resize((h, w), antialias=True)]
+    if mode == "letterbox":
+        return [_Letterbox((h, w))]
+    if mode == "crop":
+        return [v2.Resize(min(h, w), antialias=True), v2.CenterCrop((h, w))]
+    raise ConfigError(f"unknown resize mode '{mode}'; known: {', '.join(RESIZE_MODES)}")
+
+
+class _Letterbox(v2.Transform):
+    """Fit inside (H, W) keeping the aspect ratio, then pad symmetrically with zeros."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, *inputs):  # type: ignore[override]
+        flat = inputs if len(inputs) > 1 else inputs[0]
+        h0, w0 = v2.functional.get_size(_first_image(flat))
+        h, w = self.size
+        scale = min(h / h0, w / w0)
+        nh, nw = max(1, round(h0 * scale)), max(1, round(w0 * scale))
+        top, left = (h - nh) // 2, (w - nw) // 2
+        ops = v2.Compose([v2.Resize((nh, nw), antialias=True),
+                          v2.Pad([left, top, w - nw - left, h - nh - top], fill=0)])
+        return ops(*inputs)
+
+
+def _first_image(flat):
+    if isinstance(flat, (tuple, list)):
+        return flat[0]
+    return flat
+
+
+def augment_ops(preset: str) -> list[v2.Transform]:
+    if preset == "none":
+        return []
+    if preset not in AUGMENTS:
+        raise ConfigError(f"unknown augmentation preset '{preset}'; known: {', '.join(AUGMENTS)}")
+    ops: list[v2.Transform] = [
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomApply([v2.RandomRotation(15)], p=0.5),
+    ]  # the random crop needs the output size: PairTransform adds it
+    if preset == "strong":
+        ops.append(v2.ColorJitter(0.3, 0.3, 0.2, 0.02))
+    return ops
+
+
+class PairTransform:
+    """Callable ``(PIL image, HxW bool mask | None) -> (3xHxW float image, 1xHxW float mask)``."""
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        *,
+        resize: str = "squash",
+        augment: str = "none",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.size = as_hw(size)
+        self.resize, self.augment, self.mean, self.std = resize, augment, tuple(mean), tuple(std)
+        ops = resize_ops(self.size, resize) + augment_ops(augment)
+        if augment != "none":
+            ops.append(v2.RandomApply([v2.RandomResizedCrop(self.size, scale=(0.75, 1.0), antialias=True)], p=0.5))
+        tail: list[v2.Transform] = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                                    v2.Normalize(self.mean, self.std)]
+        if augment == "strong":
+            tail.append(v2.RandomErasing(p=0.25, value=0))
+        self._geometry = v2.Compose(ops)
+        self._tail = v2.Compose(tail)
+
+    def __call__(self, image: Image.Image, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        img = tv_tensors.Image(v2.functional.pil_to_tensor(image))
+        if mask is None:
+            mask = np.zeros((image.height, image.width), dtype=bool)
+        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).to(torch.uint8)[None])
+        img, msk = self._geometry(img, msk)
+        img = self._tail(img)
+        return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor).float()
+
+
+def denormalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """3xHxW normalised tensor -> HxWx3 uint8 array (for overlays)."""
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+    x = (image.detach().cpu().float() * s + m).clamp(0, 1)
+    return (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)

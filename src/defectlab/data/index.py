@@ -8,11 +8,14 @@ Two layouts are understood, and a root that holds several MVTec categories:
   images as ``<stem><suffix>.<ext>`` (default suffix ``_mask``) or in a parallel folder
   ``<mask_dir>/<defect>/<stem><suffix>.<ext>``. Every record has split ``"all"``; ``defectlab data
   split`` makes train/val/test manifests.
+* **Prefix** (e.g. NEU surface defects): image files whose class is the file-name prefix before a trailing
+  number (``crazing_12.jpg`` -> ``crazing``), in the root or in its sub-folders; no masks, split ``"all"``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +153,37 @@ def index_folder(
     return idx
 
 
+_PREFIX = re.compile(r"^(?P<cls>.+?)[_-]?\d+$")
+
+
+def _prefix_class(path: Path) -> str | None:
+    m = _PREFIX.match(path.stem)
+    return m.group("cls") if m else None
+
+
+def _prefix_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if is_image_file(p))
+
+
+def index_prefix(root: str | Path) -> DatasetIndex:
+    """Images anywhere below ``root`` whose class is their file-name prefix (see module docstring)."""
+    root = Path(root)
+    idx = DatasetIndex(root=root, name=root.name, layout="prefix")
+    for img in _prefix_images(root):
+        cls = _prefix_class(img)
+        if cls is None:
+            raise BadInputError(img, "file name has no '<class>_<number>' form (prefix layout)")
+        idx.records.append(SampleRecord(img, "all", cls))
+    _check_nonempty(idx)
+    return idx
+
+
+def _looks_prefixed(root: Path) -> bool:
+    images = _prefix_images(root)
+    classes = {_prefix_class(p) for p in images}
+    return bool(images) and None not in classes and len(classes) >= 2
+
+
 def _check_nonempty(idx: DatasetIndex) -> None:
     if not idx.records:
         raise BadInputError(idx.root, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
@@ -165,14 +199,16 @@ def open_dataset(path: str | Path, *, lenient: bool = False, mask_dir: str | Pat
     if is_mvtec_category(path):
         return index_mvtec(path, lenient=lenient)
     subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if not subdirs:
+    if not subdirs and not any(is_image_file(p) for p in path.iterdir()):
         raise BadInputError(path, "empty folder: expected train/ and test/ (MVTec) or good/ + defect folders")
     if find_categories(path):
         names = ", ".join(p.name for p in find_categories(path))
         raise BadInputError(path, f"holds several MVTec categories ({names}); name one of them")
     if (path / GOOD).is_dir():
         return index_folder(path, mask_dir=mask_dir)
+    if _looks_prefixed(path):
+        return index_prefix(path)
     raise BadInputError(
-        path, "unknown layout: expected an MVTec category (train/good, test/<defect>, ground_truth/) "
-        "or a folder layout (good/ plus one folder per defect type)"
+        path, "unknown layout: expected an MVTec category (train/good, test/<defect>, ground_truth/), "
+        "a folder layout (good/ plus one folder per defect type) or class-prefixed file names (crazing_1.jpg)"
     )

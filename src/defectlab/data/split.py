@@ -136,7 +136,7 @@ def ratio_targets(counts: dict[str, int], ratio: dict[str, float]) -> dict[str, 
     if not weights:
         return dict(counts)
     scale = min(counts[c] / w for c, w in weights.items())
-    return {c: (min(counts[c], int(math.floor(scale * weights[c] + 1e-9))) if c in weights else n)
+    return {c: (min(n, math.floor(scale * weights[c] + 1e-9)) if c in weights else n)
             for c, n in counts.items()}
 
 
@@ -147,12 +147,12 @@ def long_tail_targets(counts: dict[str, int], factor: float) -> dict[str, int]:
     out = {}
     for i, c in enumerate(ranked):
         target = n_max * (1.0 / factor) ** (i / (k - 1)) if k > 1 else n_max
-        out[c] = max(1, min(counts[c], int(math.floor(target + 1e-9))))
+        out[c] = max(1, min(counts[c], math.floor(target + 1e-9)))
     return out
 
 
 def _n_held(n: int, frac: float) -> int:
-    return 0 if frac <= 0 else max(1, int(round(n * frac)))
+    return 0 if frac <= 0 else max(1, round(n * frac))
 
 
 def make_split(index: DatasetIndex, cfg: SplitConfig) -> list[ManifestRow]:
@@ -195,7 +195,8 @@ def _apply_long_tail(rows: list[ManifestRow], factor: float, seed: int) -> list[
     targets = long_tail_targets(dict(train), factor)
     keep: set[Path] = set()
     for cls, n in targets.items():
-        cls_rows = sorted((r for r in rows if r.split == "train" and r.defect_type == cls), key=lambda r: str(r.path))
+        cls_rows = sorted((r for r in rows if r.split == "train" and r.defect_type == cls),
+                          key=lambda r: str(r.path))
         order = _rng(seed, "long_tail:" + cls).permutation(len(cls_rows))[:n]
         keep.update(cls_rows[i].path for i in order)
     return [r for r in rows if r.split != "train" or r.path in keep]
@@ -245,7 +246,8 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in COLUMNS[:4] if c not in (reader.fieldnames or [])]
     if missing:
-        raise BadInputError(path, f"not a split manifest: missing column(s) {missing}; expected {','.join(COLUMNS)}")
+        raise BadInputError(
+            path, f"not a split manifest: missing column(s) {missing}; expected {','.join(COLUMNS)}")
     return [(i, row) for i, row in enumerate(reader, start=2)]
 
 
@@ -306,7 +308,8 @@ def manifest_folds(path: str | Path) -> dict[str, int]:
     return out
 
 
-def fold_records(index: DatasetIndex, folds: dict[str, int], k: int) -> tuple[list[SampleRecord], list[SampleRecord]]:
+def fold_records(index: DatasetIndex, folds: dict[str, int],
+                 k: int) -> tuple[list[SampleRecord], list[SampleRecord]]:
     """(train, val) records of fold ``k``: the fold's images validate, the other folds' images train."""
     in_cv = [r for r in index.records if str(r.path) in folds]
     if k not in set(folds.values()):

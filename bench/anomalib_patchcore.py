@@ -1,0 +1,67 @@
+"""anomalib 2.7 PatchCore on the benchmark's preprocessed tensors (run by the anomalib venv's python).
+
+    /root/.cache/defectlab/anomalib-venv/bin/python bench/anomalib_patchcore.py \
+        --cache bench/results/tmp/<tag> --out DIR --weights mobilenet_v2-b0353104.pth
+
+Started by ``bench/anomaly_bench.py``; not meant to be run by hand. Uses anomalib's own torch model
+(``anomalib.models.image.patchcore.torch_model.PatchcoreModel``) the way its Lightning module does,
+without the trainer: training mode collects embeddings batch by batch, ``subsample_embedding(ratio)``
+runs anomalib's k-center greedy coreset (``KCenterGreedy``), eval mode returns ``pred_score`` and
+``anomaly_map``. The backbone is an ``nn.Module``: torchvision's mobilenet_v2 with the same ImageNet
+state dict file defectlab uses (anomalib's ``TimmFeatureExtractor`` accepts a module and extracts the
+named layers with torchvision's ``create_feature_extractor``), so ``pre_trained=False`` and nothing is
+downloaded. Timing, RSS and output files come from the shared harness ``anomaly_bench.timed_run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anomaly_bench import common_args, timed_run  # noqa: E402  (numpy-only part of the driver)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common_args(p)
+    args = p.parse_args()
+
+    import torch
+    import torchvision
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # KCenterGreedy's random start and sparse projection
+    import anomalib
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    backbone = torchvision.models.mobilenet_v2(weights=None)
+    backbone.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    backbone.eval()
+    model = PatchcoreModel(layers=list(args.layers), backbone=backbone, pre_trained=False,
+                           num_neighbors=args.num_neighbours)
+
+    def fit(train: Iterator[np.ndarray]) -> None:
+        model.train()
+        with torch.no_grad():
+            for images in train:
+                model(torch.from_numpy(images))
+        model.subsample_embedding(args.coreset_ratio)
+        model.eval()
+
+    def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            out = model(torch.from_numpy(images))
+        return out.pred_score.numpy(), out.anomaly_map[:, 0].numpy()
+
+    timed_run(args.cache, args.out, fit, predict, batch_size=args.batch_size, n_batch1=args.n_batch1,
+              extra={"side": "anomalib", "anomalib": anomalib.__version__, "torch": torch.__version__,
+                     "summary": {"memory_bank": list(model.memory_bank.shape)}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Fit: mid-level patch features of every good image (``features.patch_embedding``: layers at stride 8 and
+16, each averaged over a 3x3 neighbourhood, the coarser one upsampled, concatenated) go into a memory bank,
+subsampled by greedy k-center coreset selection (``coreset.StreamingCoreset``: random projection to 128
+dimensions, two-stage chunked so memory stays bounded and fit takes seconds, not minutes).
+
+Predict: each test patch's score is the Euclidean distance to its nearest bank patch. The image score is
+the paper's re-weighted maximum: with ``p*`` the most anomalous patch, ``m*`` its nearest bank patch and
+``N_b(m*)`` the ``b`` nearest bank patches of ``m*`` (``m*`` first),
+``w = 1 - exp(||p*-m*||) / sum_{m in N_b(m*)} exp(||p*-m||)`` and ``score = w * ||p*-m*||``: a patch far from a sparse region of the bank counts more than one near
+a dense region. The patch-score grid is upsampled (bilinear) to the input size and smoothed with a
+Gaussian (sigma 4 px), the map. Higher = more anomalous; an image equal to a training image scores 0.
+
+Defaults and why (no test labels involved): ImageNet ``mobilenet_v2`` (the only light backbone with
+real ImageNet weights offline here; fast on a CPU), its stride-8 and stride-16 blocks (``features.6`` and
+``features.13``: the mid-level layers the paper recommends; deeper layers are ImageNet-class specific,
+earlier ones too local), coreset ratio 1% (the paper reports 1% close to 10%; 10x less bank means 10x
+faster nearest-neighbour search), ``b = 9`` and ``sigma = 4`` from the paper. Image size and resize mode
+belong to the detector (``defectlab.anomaly.detector``), see there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from defectlab.anomaly.base import AnomalyModel, AnomalyOutput, image_batches
+from defectlab.anomaly.coreset import StreamingCoreset
+from defectlab.anomaly.features import BackboneFeatures, gaussian_blur, patch_embedding, upsample
+from defectlab.anomaly.registry import ANOMALY_MODELS
+from defectlab.errors import ConfigError
+
+
+@dataclass
+class PatchCoreConfig:
+    backbone: str = "mobilenet_v2"  # any name in defectlab.backbones.BACKBONES
+    weights: str = "imagenet"  # "imagenet" (found offline) | "none" (random init, on purpose) | a file
+    layers: tuple[str, ...] | None = None  # None: the backbone's mid-level layers (stride 8 and 16)
+    neighbourhood: int = 3  # local aggregation window (patch size p in the paper)
+    max_feature_dim: int = 1024  # channel reduction (adaptive average pooling) above this many channels
+    coreset_ratio: float = 0.01  # memory bank = this fraction of all training patches (1.0 = keep all)
+    coreset_proj_dim: int = 128  # random projection dimension for the coreset distances
+    coreset_chunk: int = 16384  # patches per first-stage chunk (bounds memory and time)
+    num_neighbours: int = 9  # b in the paper's re-weighting (1 = plain max of the patch scores)
+    sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels
+    seed: int = 0  # coreset starting points and projection
+
+
+def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
+            max_elems: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distance and index of each query row's nearest bank row, in bounded-memory chunks."""
+    step = max(1, max_elems // max(1, bank.shape[0]))
+    dists, idx = [], []
+    for q in queries.split(step):
+        d2 = (q * q).sum(1, keepdim=True) - 2 * (q @ bank.T) + bank_sq
+        d, i = d2.min(dim=1)
+        dists.append(d.clamp_min_(0).sqrt_())
+        idx.append(i)
+    return torch.cat(dists), torch.cat(idx)
+
+
+@ANOMALY_MODELS.register("patchcore")
+class PatchCore(AnomalyModel):
+    Config = PatchCoreConfig
+    name = "patchcore"
+
+    def __init__(self, config: PatchCoreConfig | None = None, *, pretrained: bool = True) -> None:
+        super().__init__(config, pretrained=pretrained)
+        c: PatchCoreConfig = self.config
+        if not 0 < c.coreset_ratio <= 1:
+            raise ConfigError(f"patchcore: coreset_ratio must be in (0, 1], got {c.coreset_ratio}")
+        if c.num_neighbours < 1 or c.neighbourhood < 1:
+            raise ConfigError("patchcore: num_neighbours and neighbourhood must be >= 1")
+        self.features = BackboneFeatures(c.backbone, c.layers, weights=c.weights if pretrained else None)
+        self.mean, self.std = self.features.info.mean, self.features.info.std
+        self.register_buffer("memory_bank_", torch.empty(0, 0))
+        self.register_buffer("bank_sq_", torch.empty(0))
+        self.register_buffer("n_train_patches_", torch.zeros((), dtype=torch.long))
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        return patch_embedding(self.features(images.to(self.device)), neighbourhood=self.config.neighbourhood,
+                               max_dim=self.config.max_feature_dim)
+
+    def fit(self, loader: Iterable[Any]) -> PatchCore:
+        c: PatchCoreConfig = self.config
+        sampler: StreamingCoreset | None = None
+        for images in image_batches(loader, desc="patchcore: features"):
+            emb = self._embed(images)
+            rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+            if sampler is None:
+                sampler = StreamingCoreset(c.coreset_ratio, rows.shape[1], proj_dim=c.coreset_proj_dim,
+                                           chunk_size=c.coreset_chunk, seed=c.seed)
+            sampler.add(rows)
+        if sampler is None:
+            raise ConfigError("patchcore: no training images")
+        bank = sampler.finish(progress=True).clone()
+        self.memory_bank_ = bank.to(self.device)
+        self.bank_sq_ = (bank * bank).sum(1).to(self.device)
+        self.n_train_patches_.fill_(sampler.n_seen)
+        self._mark_fitted()
+        return self
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> AnomalyOutput:
+        self._check_fitted()
+        emb = self._embed(images)
+        b, c, h, w = emb.shape
+        queries = emb.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        dist, idx = nearest(queries.reshape(-1, c), self.memory_bank_, self.bank_sq_)
+        patch = dist.view(b, h * w)
+        scores = torch.stack([self._reweighted(queries[i], patch[i], idx.view(b, -1)[i]) for i in range(b)])
+        maps = gaussian_blur(upsample(patch.view(b, h, w), tuple(images.shape[-2:])), self.config.sigma)
+        return AnomalyOutput(scores.cpu(), maps.cpu())
+
+    def _reweighted(self, queries: torch.Tensor, patch: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        p = int(torch.argmax(patch))
+        s_star = patch[p]
+        k = min(self.config.num_neighbours, self.memory_bank_.shape[0])
+        if k <= 1:
+            return s_star
+        m_star = self.memory_bank_[idx[p]]
+        d_bank = ((self.memory_bank_ - m_star) ** 2).sum(1)
+        d_bank[idx[p]] = -1.0  # m* itself comes first
+        support = torch.topk(d_bank, k, largest=False).indices
+        d = torch.linalg.vector_norm(self.memory_bank_[support] - queries[p], dim=1)
+        d[0] = s_star  # the same distance, without rounding differences
+        weight = 1 - torch.softmax(d, dim=0)[0]
+        return weight * s_star
+
+    def summary(self) -> dict[str, Any]:
+        return {"memory_bank": list(self.memory_bank_.shape), "train_patches": int(self.n_train_patches_),
+                "layers": self.features.layers, "backbone_weights": self.features.info.weights}

@@ -1,0 +1,72 @@
+"""Images decoded and resized once, kept in memory as uint8 tensors; batches augmented on the fly.
+
+Decoding a JPEG and resizing it costs far more than a small network's forward pass on a 64-128 px
+image, so an attempt decodes every image once (``ImageCache``) and each epoch only indexes the cached
+(N, 3, H, W) uint8 tensor. Augmentation uses the presets of ``defectlab.data.transforms`` (the same
+ops as ``PairTransform``: none | basic: flips, rotation, random resized crop | strong: + colour jitter,
+random erasing), applied per sample to the cached uint8 image; normalisation is done per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from defectlab.data.index import SampleRecord
+from defectlab.data.io import load_pil
+from defectlab.data.transforms import augment_ops, resize_ops
+
+
+@dataclass
+class ImageSet:
+    """Cached images of one split: ``images`` (N, 3, H, W) uint8, ``labels`` (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def decode_resized(path: str, size: int, resize: str = "squash") -> torch.Tensor:
+    """One image as a (3, size, size) uint8 tensor (grayscale images are replicated to 3 channels)."""
+    img = v2.functional.pil_to_tensor(load_pil(path, "RGB"))
+    return v2.Compose(resize_ops(size, resize))(img)
+
+
+def cache_images(records: Sequence[SampleRecord], class_to_idx: dict[str, int], *, size: int,
+                 resize: str = "squash", desc: str = "decode") -> ImageSet:
+    images = torch.empty((len(records), 3, size, size), dtype=torch.uint8)
+    for i, rec in enumerate(tqdm(records, desc=desc, leave=False, disable=len(records) < 200)):
+        images[i] = decode_resized(str(rec.path), size, resize)
+    labels = torch.tensor([class_to_idx[r.defect_type] for r in records], dtype=torch.long)
+    return ImageSet(images, labels, [str(r.path) for r in records])
+
+
+class BatchAugment:
+    """``(B, 3, H, W) uint8 -> (B, 3, H, W) float normalised``, random per sample for ``basic``/``strong``.
+
+    Randomness comes from torch's global generator, which the trainer seeds per epoch.
+    """
+
+    def __init__(self, preset: str, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        ops = augment_ops(preset)  # validates the preset name
+        if preset != "none":
+            ops.append(v2.RandomApply([v2.RandomResizedCrop((size, size), scale=(0.75, 1.0), antialias=True)], p=0.5))
+        self.geometry = v2.Compose(ops) if ops else None
+        self.erase = v2.RandomErasing(p=0.25, value=0) if preset == "strong" else None
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor, *, train: bool = True) -> torch.Tensor:
+        if train and self.geometry is not None:
+            images = torch.stack([self.geometry(img) for img in images])
+        x = (images.float() / 255.0 - self.mean.to(images.device)) / self.std.to(images.device)
+        if train and self.erase is not None:
+            x = torch.stack([self.erase(img) for img in x])
+        return x

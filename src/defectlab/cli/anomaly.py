@@ -1,0 +1,152 @@
+"""``defectlab anomaly fit | test | predict``: thin; the work is in ``defectlab.anomaly.runner``.
+
+Run folder (``--out RUN``): ``config.yaml`` (resolved), ``detector.json`` + ``model.safetensors`` (the
+deployable detector), and after testing ``metrics.json``, ``scores.csv``, ``overlays/*.png``, ``report.md``.
+Every file is written atomically; ``fit`` on a folder that already holds a detector with the same
+resolved config reuses it (``--force`` refits).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from defectlab.config import atomic_write_text, from_dict, load_yaml, to_dict, write_yaml
+from defectlab.errors import BadInputError, ConfigError
+
+app = typer.Typer(help="Anomaly detection trained on good images only.", no_args_is_help=True)
+
+CONFIG_FILE = "config.yaml"
+
+
+def _resolve(base: dict[str, Any], overrides: dict[str, Any], options: dict[str, Any]):
+    from defectlab.anomaly.runner import RunConfig
+
+    merged = dict(to_dict(RunConfig()))
+    merged.update(base)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    opts = dict(merged.get("options") or {})
+    opts.update({k: v for k, v in options.items() if v is not None})
+    merged["options"] = opts
+    return from_dict(RunConfig, merged, where="anomaly config")
+
+
+@app.command()
+def fit(
+    data: Path = typer.Argument(..., help="Dataset folder (MVTec category, or a layout with a train split)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    model: Optional[str] = typer.Option(None, help="Method: patchcore (default), padim, knn, autoencoder, deep_svdd, ocsvm."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone (default mobilenet_v2)."),
+    weights: Optional[str] = typer.Option(None, help="imagenet (default, found offline) | none | FILE."),
+    image_size: Optional[int] = typer.Option(None, help="Model input size in pixels (default 320)."),
+    resize: Optional[str] = typer.Option(None, help="squash | letterbox (default) | crop."),
+    coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.01)."),
+    holdout: Optional[float] = typer.Option(None, help="Fraction of train/good kept for the threshold (0.1)."),
+    quantile: Optional[float] = typer.Option(None, help="Deployable threshold quantile of held-out scores (0.99)."),
+    batch_size: Optional[int] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with RunConfig keys; flags override it."),
+    test: bool = typer.Option(True, "--test/--no-test", help="Evaluate on the test split afterwards."),
+    force: bool = typer.Option(False, help="Refit even if RUN holds a detector with this config."),
+) -> None:
+    """Fit a detector on the good training images and save it (then test it)."""
+    from defectlab.anomaly.detector import META_FILE, Detector
+    from defectlab.anomaly.runner import fit_detector
+
+    base = load_yaml(config) if config else {}
+    cfg = _resolve(base, {"data": str(data), "model": model, "image_size": image_size, "resize": resize,
+                          "holdout": holdout, "quantile": quantile, "batch_size": batch_size},
+                   {"backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio})
+    resolved = to_dict(cfg)
+    previous = out / CONFIG_FILE
+    if not force and (out / META_FILE).is_file() and previous.is_file() and load_yaml(previous) == resolved:
+        typer.echo(f"{out}: already fitted with this config; reusing it (--force to refit)")
+        det = Detector.load(out)
+    else:
+        det = fit_detector(cfg)
+        det.save(out)
+        write_yaml(out / CONFIG_FILE, resolved)
+        t = det.thresholds
+        typer.echo(f"fitted {cfg.model} in {det.training['fit_seconds']} s on {det.training['n_fit']} images; "
+                   f"deployable threshold {t.image:.4g} ({t.rule}) -> {out}")
+    if test:
+        from defectlab.data.index import open_dataset
+
+        index = open_dataset(cfg.data)
+        if index.select(split="test"):
+            _run_test(det, index, out, cfg)
+
+
+@app.command("test")
+def test_cmd(
+    run: Path = typer.Argument(..., help="Run folder written by 'anomaly fit'."),
+    data: Optional[Path] = typer.Argument(None, help="Dataset to test on (default: the one fitted on)."),
+    overlays: Optional[int] = typer.Option(None, help="How many heatmap overlays to draw (default 24)."),
+) -> None:
+    """Evaluate a saved detector on a test split: metrics.json, scores.csv, overlays, report.md."""
+    from defectlab.anomaly.detector import Detector
+    from defectlab.anomaly.runner import RunConfig
+    from defectlab.data.index import open_dataset
+
+    det = Detector.load(run)
+    cfg_path = run / CONFIG_FILE
+    cfg = from_dict(RunConfig, load_yaml(cfg_path)) if cfg_path.is_file() else RunConfig()
+    if data is not None:
+        cfg.data = str(data)
+    elif not cfg.data:
+        cfg.data = det.training.get("data", "")
+    if overlays is not None:
+        cfg.overlays = overlays
+    _run_test(det, open_dataset(cfg.data), run, cfg)
+
+
+def _run_test(det, index, run: Path, cfg) -> None:  # noqa: ANN001 (types from lazy imports)
+    from defectlab.anomaly.runner import write_evaluation
+
+    res = write_evaluation(det, index, run, cfg)
+    overall = res.metrics.get("all", {})
+    if "image_auroc" in overall:
+        msg = f"image AUROC {overall['image_auroc']:.3f}"
+        if "pixel_auroc" in overall:
+            msg += f", pixel AUROC {overall['pixel_auroc']:.3f}, AUPRO {overall['pixel_aupro']:.3f}"
+        typer.echo(f"{msg}; {res.ms_per_image:.0f} ms/image -> {run / 'report.md'}")
+    else:
+        typer.echo(f"scored {len(res.rows)} images (one class only: no AUROC) -> {run / 'scores.csv'}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run folder written by 'anomaly fit'."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the results to this CSV file."),
+) -> None:
+    """Score new images with a saved detector: score, verdict (deployable threshold) and regions."""
+    from defectlab.anomaly.detector import Detector
+    from defectlab.data.io import is_image_file
+
+    det = Detector.load(run)
+    files: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if is_image_file(f))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise BadInputError(p, "file not found")
+    if not files:
+        raise ConfigError("no images to predict")
+    rows = []
+    for pred in det.predict_images(files):
+        verdict = "DEFECT" if pred.is_defect else "ok"
+        typer.echo(f"{pred.path}\t{pred.score:.4g}\t{verdict}\t{len(pred.boxes)} region(s)")
+        rows.append({"path": pred.path, "score": pred.score, "threshold": pred.threshold,
+                     "is_defect": int(pred.is_defect), "boxes": " ".join(",".join(map(str, b)) for b in pred.boxes)})
+    if csv_out is not None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(csv_out, buf.getvalue())

@@ -1,0 +1,63 @@
+"""``defectlab classify``: run an experiment series, predict with a trained attempt, list models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Supervised defect-type classification as a reproducible experiment series.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def run(
+    experiment: Path = typer.Argument(..., help="Experiment YAML (base config + named attempts)."),
+    out: Path = typer.Option(..., "--out", help="Run folder; re-running the same command resumes it."),
+    attempt: list[str] = typer.Option(None, "--attempt", help="Run only these attempts (repeatable)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train every attempt and write per-attempt results, comparison.{md,csv,json} and curves.png."""
+    from defectlab.classify.experiment import load_experiment, run_experiment
+
+    cfg = load_experiment(experiment)
+    run_experiment(cfg, out, only=attempt or None, progress=progress)
+    typer.echo((out / "comparison.md").read_text())
+    typer.echo(f"wrote {out}/comparison.md, comparison.csv, comparison.json, curves.png")
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A finished `classify run` folder (or a best.pt checkpoint)."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    attempt: str = typer.Option(None, help="Attempt to use (default: highest test balanced accuracy)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """Print the predicted class and its probability for each image."""
+    from defectlab.classify.predict import Predictor, pick_checkpoint
+    from defectlab.data.io import is_image_file
+    from defectlab.errors import BadInputError
+
+    ckpt = run_dir if run_dir.is_file() else pick_checkpoint(run_dir, attempt)
+    paths: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            paths += sorted(f for f in p.rglob("*") if is_image_file(f))
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise BadInputError(p, "file not found")
+    if not paths:
+        raise BadInputError(images[0], "no images found")
+    typer.echo(f"# {ckpt}")
+    for r in Predictor(ckpt, device=device).predict(paths):
+        typer.echo(f"{r.path}\t{r.label}\t{r.probability:.3f}")
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered classifier models."""
+    from defectlab.classify import CLASSIFIERS
+
+    for name in CLASSIFIERS.names():
+        typer.echo(name)

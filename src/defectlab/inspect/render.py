@@ -1,0 +1,45 @@
+"""Heatmap overlays for one inspected image: the anomaly map in colour over the image, defect boxes drawn.
+
+The colour scale is fixed relative to the deployable threshold (0 -> transparent blue, the threshold ->
+yellow-green, twice the threshold -> red), so overlays of different images compare by eye.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from defectlab.anomaly.base import Prediction  # noqa: E402
+
+
+def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Image.Image:
+    """RGB image: ``image`` blended with the coloured anomaly map, boxes in red (verdict defect) or
+    orange (below the image threshold). The map is resized to the image if the sizes differ."""
+    base = image.convert("RGB")
+    amap = np.asarray(pred.anomaly_map, dtype=np.float32)
+    if amap.shape != (base.height, base.width):
+        amap = np.asarray(Image.fromarray(amap, mode="F").resize(base.size, Image.BILINEAR))
+    scale = 2.0 * pred.threshold if pred.threshold > 0 else float(amap.max() or 1.0)
+    norm = np.clip(amap / scale, 0.0, 1.0)
+    colour = (colormaps["jet"](norm)[..., :3] * 255.0).astype(np.float32)
+    weight = alpha * np.clip(norm * 2.0, 0.15, 1.0)[..., None]  # low scores show the image through
+    mixed = np.asarray(base, dtype=np.float32) * (1.0 - weight) + colour * weight
+    out = Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(min(out.size) / 100))
+    for x0, y0, x1, y1 in pred.boxes:
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)],
+                       outline=(255, 0, 0) if pred.is_defect else (255, 165, 0), width=width)
+    return out
+
+
+def overlay_png(image: Image.Image, pred: Prediction) -> bytes:
+    buf = io.BytesIO()
+    overlay(image, pred).save(buf, format="PNG", optimize=False, compress_level=3)
+    return buf.getvalue()

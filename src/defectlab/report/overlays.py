@@ -1,0 +1,58 @@
+"""Heatmap overlays: image | ground truth | anomaly map | predicted contour, one PNG per image.
+
+All panels are at the image's original size. The anomaly map uses one colour scale for the whole run
+(``vmin``/``vmax`` from the caller), so colours compare across images; the predicted contour is the
+boundary of ``map > pixel threshold`` (the detector's deployable pixel threshold).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def heat_overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> np.ndarray:
+    """HxWx3 uint8: the image blended with the jet-coloured map normalised to [vmin, vmax]."""
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    norm = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    heat = (matplotlib.colormaps["jet"](norm)[..., :3] * 255).astype(np.float32)
+    return (alpha * heat + (1 - alpha) * rgb.astype(np.float32)).clip(0, 255).astype(np.uint8)
+
+
+def save_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray | None, amap: np.ndarray, *,
+                 vmin: float, vmax: float, pixel_threshold: float, title: str = "") -> Path:
+    """Write the four-panel figure atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    h, w = amap.shape
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4 * max(0.5, min(2.0, h / max(w, 1)))))
+    panels = [("image", rgb), ("ground truth", rgb), ("anomaly map", heat_overlay(rgb, amap, vmin, vmax)),
+              ("predicted", rgb)]
+    for ax, (name, im) in zip(axes, panels):
+        ax.imshow(im)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if mask is not None and mask.any():
+        axes[1].contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
+    if (amap > pixel_threshold).any():
+        axes[3].contour((amap > pixel_threshold).astype(float), levels=[0.5], colors="red", linewidths=1.0)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -110,9 +110,9 @@ def timed_run(
     ``predict(images) -> (scores (B,), maps (B, H, W))`` as numpy arrays.
     """
     rss_ready = rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fit(batches(cache / "train.f32", batch_size))
-    fit_s = time.perf_counter() - t0
+    fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     rss_after_fit = rss_mb()
     peak_after_fit = peak_rss_mb()
 
@@ -120,25 +120,30 @@ def timed_run(
     n_test = array_info(test)[0][0]
     predict(read_rows(test, 0, 1))  # warm-up, not timed
     n1 = min(n_batch1, n_test)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n1):
         predict(read_rows(test, i, i + 1))
     batch1_ms = (time.perf_counter() - t0) / n1 * 1000
+    batch1_cpu_ms = (time.process_time() - c0) / n1 * 1000
 
     scores, maps = [], []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for images in batches(test, batch_size):
         s, m = predict(images)
         scores.append(np.asarray(s, dtype=np.float32).reshape(-1))
         maps.append(np.asarray(m, dtype=np.float32).reshape(len(images), *images.shape[-2:]))
     batched_ms = (time.perf_counter() - t0) / n_test * 1000
+    batched_cpu_ms = (time.process_time() - c0) / n_test * 1000
     write_array(out / "scores.f32", np.concatenate(scores))
     write_array(out / "maps.f32", np.concatenate(maps))
     result = {
         "fit_s": fit_s,
+        "fit_cpu_s": fit_cpu_s,  # CPU seconds of all threads: less sensitive to other processes' load
         "infer_ms_per_image_batch1": batch1_ms,
+        "infer_cpu_ms_per_image_batch1": batch1_cpu_ms,
         "n_images_batch1": n1,
         "infer_ms_per_image_batched": batched_ms,
+        "infer_cpu_ms_per_image_batched": batched_cpu_ms,
         "batch_size": batch_size,
         "rss_mb_before_fit": rss_ready,
         "rss_mb_after_fit": rss_after_fit,
@@ -213,20 +218,30 @@ def prepare(dataset: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any
     index = open_dataset(root)
     train = index.select(split="train")
     test = index.select(split="test")
+    n_available = len(train)
     if args.max_train and len(train) > args.max_train:  # evenly spread, deterministic
         keep = np.linspace(0, len(train) - 1, args.max_train).round().astype(int)
         train = [train[i] for i in keep]
     size = (args.image_size, args.image_size)
     tag = f"{dataset}_{args.image_size}_{args.resize}_{len(train)}"
     cache = TMP / tag
-    facts = {"root": str(root), "n_train": len(train), "n_test": len(test),
+    facts = {"root": str(root), "n_train": len(train), "n_train_available": n_available, "n_test": len(test),
              "test_counts": {t: sum(r.defect_type == t for r in test) for t in sorted({r.defect_type for r in test})},
              "image_size": list(size), "resize": args.resize, "train_subset": bool(args.max_train)}
     if (cache / "done").exists():
         return cache, facts
     transform = PairTransform(size, resize=args.resize)
+    cache.mkdir(parents=True, exist_ok=True)
+    for old in cache.glob("*"):  # a half-written cache from an interrupted run
+        old.unlink()
     write_array(cache / "test_boxes.i64", np.array([valid_box(r.path, size, args.resize) for r in test], dtype=np.int64))
+    reuse = _cached_test(f"{dataset}_{args.image_size}_{args.resize}_", cache)
     for split, records in (("train", train), ("test", test)):
+        if split == "test" and reuse is not None:  # same test images, size and resize: link, don't redo
+            for name in ("test.f32", "test_masks.u8", "test_labels.u8"):
+                for suffix in ("", ".json"):
+                    os.link(reuse / (name + suffix), cache / (name + suffix))
+            continue
         ds = DefectDataset(records, transform)
         images = np.empty((len(ds), 3, *size), dtype=np.float32)
         masks = np.empty((len(ds), *size), dtype=np.uint8)
@@ -241,6 +256,13 @@ def prepare(dataset: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any
         del images
     (cache / "done").write_text("ok")
     return cache, facts
+
+
+def _cached_test(prefix: str, cache: Path) -> Path | None:
+    for other in sorted(TMP.glob(prefix + "*")):
+        if other != cache and (other / "done").exists():
+            return other
+    return None
 
 
 def valid_box(path: Path, size: tuple[int, int], resize: str) -> tuple[int, int, int, int]:
@@ -285,8 +307,10 @@ def evaluate(cache: Path, out: Path) -> dict[str, float]:
     return anomaly_metrics(labels, scores, crop_m, crop_a)
 
 
-RATIO_KEYS = {  # key -> (what, ours/anomalib is better when "lower" or "higher")
-    "fit_s": "lower", "infer_ms_per_image_batch1": "lower", "infer_ms_per_image_batched": "lower",
+RATIO_KEYS = {  # key -> ours/anomalib is better when "lower" or "higher"
+    "fit_s": "lower", "fit_cpu_s": "lower", "infer_ms_per_image_batch1": "lower",
+    "infer_cpu_ms_per_image_batch1": "lower", "infer_ms_per_image_batched": "lower",
+    "infer_cpu_ms_per_image_batched": "lower",
     "peak_rss_mb": "lower", "image_auroc": "higher", "pixel_auroc": "higher", "pixel_aupro": "higher",
 }
 
@@ -307,18 +331,22 @@ def bench_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_anomalib:
         if not ANOMALIB_PYTHON.exists():
             raise SystemExit(f"anomalib venv missing: {ANOMALIB_PYTHON} (see bench/README.md to create it)")
-        plan.append(("anomalib", [str(ANOMALIB_PYTHON), str(BENCH / "anomalib_patchcore.py")]))
+        probe = ["--probe-steps", str(args.anomalib_probe)] if args.anomalib_probe else []
+        plan.append(("anomalib_probe" if probe else "anomalib",
+                     [str(ANOMALIB_PYTHON), str(BENCH / "anomalib_patchcore.py"), *probe]))
     for name, cmd in plan:
-        out = TMP / f"out_{dataset}_{name}"
+        out = TMP / f"out_{cache.name}_{name}"
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob("*"):
             stale.unlink()
         print(f"[{dataset}] running {name} ...", flush=True)
-        run = run_side(cmd + shared + ["--out", str(out)], env, args.max_rss_gb, out.parent / f"{dataset}_{name}.log")
+        run = run_side(cmd + shared + ["--out", str(out)], env, args.max_rss_gb, out.parent / f"{cache.name}_{name}.log")
         side: dict[str, Any] = {"run": run}
         if run["returncode"] == 0 and (out / "result.json").exists():
             side.update(json.loads((out / "result.json").read_text()))
             side["metrics"] = evaluate(cache, out)
+        elif run["returncode"] == 0 and (out / "probe.json").exists():
+            side.update(json.loads((out / "probe.json").read_text()))
         else:
             side["error"] = Path(run["log"]).read_text()[-3000:]
         sides[name] = side
@@ -351,6 +379,9 @@ def _value(side: dict[str, Any], key: str) -> float | None:
 
 
 def ratios(sides: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    if "anomalib_probe" in sides and "estimated_fit_s" in sides["anomalib_probe"]:
+        ours = _value(sides["defectlab"], "fit_s")
+        return {"fit_s_over_anomalib_estimate": ours / sides["anomalib_probe"]["estimated_fit_s"] if ours else None}
     if "anomalib" not in sides:
         return {}
     out: dict[str, float | None] = {}
@@ -365,13 +396,18 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"\n== {result['dataset']} ({result['data']['n_train']} train / {result['data']['n_test']} test, "
           f"{result['data']['image_size']} {result['data']['resize']}); load "
           f"{result['machine']['loadavg_start'][0]:.2f} -> {result['machine']['loadavg_end'][0]:.2f}")
-    head = f"{'':28}{'defectlab':>12}{'anomalib':>12}{'ours/anomalib':>15}"
+    head = f"{'':32}{'defectlab':>12}{'anomalib':>12}{'ours/anomalib':>15}"
     print(head)
     for key, better in RATIO_KEYS.items():
         vals = [_value(result["sides"].get(s, {}), key) for s in ("defectlab", "anomalib")]
         cells = "".join(f"{v:12.4g}" if v is not None else f"{'-':>12}" for v in vals)
         ratio = r.get(key)
-        print(f"{key:28}{cells}{(f'{ratio:15.3f}' if ratio is not None else f'{chr(45):>15}')}  ({better} is better)")
+        print(f"{key:32}{cells}{(f'{ratio:15.3f}' if ratio is not None else f'{chr(45):>15}')}  ({better} is better)")
+    probe = result["sides"].get("anomalib_probe")
+    if probe and "estimated_fit_s" in probe:
+        print(f"anomalib fit, estimated: {probe['estimated_fit_s']:.0f} s ({probe['n_patches']} patches, coreset "
+              f"{probe['coreset_size']}, {probe['greedy_s_per_step']:.3f} s/greedy step); ours/anomalib "
+              f"{r.get('fit_s_over_anomalib_estimate') or float('nan'):.4f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -397,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--malloc-arena-max", type=int, default=2)
     p.add_argument("--max-rss-gb", type=float, default=12.0, help="kill a side whose RSS passes this")
     p.add_argument("--skip-anomalib", action="store_true")
+    p.add_argument("--anomalib-probe", type=int, default=0, metavar="STEPS",
+                   help="instead of running anomalib's fit, estimate it (all features + STEPS timed greedy steps)")
     p.add_argument("--tag", default="", help="results go to bench/results/anomaly_<dataset>[_<tag>].json")
     args = p.parse_args(argv)
     if args.worker == "ours":

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(SPECS), choices=list(SPECS))
     ap.add_argument("--seeds", nargs="+", type=int, default=list(D.SEEDS))
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # a small head: one thread; two are ~20x slower on the shared, loaded CPU
     t0 = time.perf_counter()
     feats = D.load_features(args.dataset)
     classes = feats["classes"]

@@ -13,8 +13,7 @@ Features: ImageNet mobilenet_v2 (``defectlab.backbones``, offline), frozen, glob
 train split also gets ``AUG_VIEWS`` features of augmented draws (the project's ``basic`` preset:
 flips, rotation, random resized crop). Cached in ~/.cache/defectlab/bench/longtail/ (outside the repo).
 
-    python bench/longtail_data.py features neu magnetic_tile     # build the caches
-    python bench/longtail_data.py manifest neu runs/neu_lt100.csv  # manifest for examples/longtail_neu.yaml
+    python bench/longtail_data.py features neu magnetic_tile     # build the caches (longtail_bench does it too)
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from defectlab.classify.data import BatchAugment, cache_images
 from defectlab.data.index import GOOD, DatasetIndex, SampleRecord, open_dataset
-from defectlab.data.split import ManifestRow, SplitConfig, make_split, write_manifest
+from defectlab.data.split import ManifestRow, SplitConfig, make_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -43,12 +42,8 @@ IMBALANCE = 100.0
 
 
 def neu_index(root: Path = SHARED / "neu_det") -> DatasetIndex:
-    """NEU-DET as an index: every JPEG of IMAGES/ and Validation_Images/, class = file-name prefix."""
-    records = []
-    for sub in ("IMAGES", "Validation_Images"):
-        for p in sorted((root / sub).glob("*.jpg")):
-            records.append(SampleRecord(p, "all", p.stem.rsplit("_", 1)[0]))
-    return DatasetIndex(root=root, name="neu_det", layout="folder", records=records)
+    """NEU-DET through the prefix layout of ``open_dataset`` (IMAGES/ + Validation_Images/, 6 x 300)."""
+    return open_dataset(root)
 
 
 def magnetic_index(root: Path = SHARED / "magnetic_tile", seed: int = 0) -> DatasetIndex:
@@ -75,10 +70,6 @@ def split_rows(dataset: str, seed: int) -> list[ManifestRow]:
     return make_split(index_of(dataset), split_config(dataset, seed))
 
 
-def classes_of(index: DatasetIndex) -> list[str]:
-    return index.classes
-
-
 def cache_path(dataset: str) -> Path:
     return CACHE / f"{dataset}_mobilenet_v2_{SIZE}px_{AUG_VIEWS}aug.pt"
 
@@ -97,7 +88,7 @@ def build_features(dataset: str, batch: int = 32) -> Path:
         return out
     torch.manual_seed(0)
     index = index_of(dataset)
-    classes = classes_of(index)
+    classes = index.classes
     records = index.records
     train_paths = {str(r.path) for s in SEEDS for r in split_rows(dataset, s) if r.split == "train"}
     bb = build_backbone("mobilenet_v2", weights="imagenet")
@@ -128,29 +119,15 @@ def load_features(dataset: str) -> dict:
     return torch.load(build_features(dataset), map_location="cpu", weights_only=False)
 
 
-def write_neu_manifest(path: Path, seed: int = 0, val: float = 0.15) -> Path:
-    """NEU long-tail manifest for the classify runner (with a balanced val split for checkpointing)."""
-    cfg = SplitConfig(val=val, test=0.2, long_tail=IMBALANCE, seed=seed)
-    rows = make_split(neu_index(), cfg)
-    return write_manifest(rows, path, cfg, root=SHARED / "neu_det")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("features")
     f.add_argument("datasets", nargs="+", choices=["neu", "magnetic_tile"])
-    m = sub.add_parser("manifest")
-    m.add_argument("dataset", choices=["neu"])
-    m.add_argument("out", type=Path)
-    m.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
-    if args.cmd == "features":
-        for d in args.datasets:
-            print(build_features(d))
-    else:
-        print(write_neu_manifest(args.out, args.seed))
+    torch.set_num_threads(1)  # on a shared, oversubscribed CPU one thread is several times faster than two
+    for d in args.datasets:
+        print(build_features(d))
     return 0
 
 

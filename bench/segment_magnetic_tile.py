@@ -26,7 +26,7 @@ import torch
 
 from defectlab.config import to_dict, write_json
 from defectlab.segment.model import SegConfig
-from defectlab.segment.run import anomaly_test_run, fit_run, load_run, test_records, test_run
+from defectlab.segment.run import anomaly_test_run, fit_run, test_records, test_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
@@ -39,6 +39,25 @@ def summary(m: dict) -> dict:
     if "class_aware" in m:
         keep["class_aware"] = m["class_aware"]
     return keep
+
+
+def fit_patchcore(data: Path, work: Path, args: argparse.Namespace) -> float:
+    """PatchCore (defaults: mobilenet_v2 ImageNet, letterbox) on a seeded subset of train/good."""
+    import random
+
+    from defectlab.anomaly.runner import RunConfig, fit_detector
+    from defectlab.data.index import GOOD, open_dataset
+
+    torch.set_num_threads(2)
+    index = open_dataset(data)
+    good = index.select(split="train", defect_types=[GOOD])
+    keep = set(random.Random(args.seed).sample(range(len(good)), min(args.patchcore_max_train, len(good))))
+    index.records = [r for r in index.records if r.split != "train" or good.index(r) in keep]
+    t0 = time.time()
+    det = fit_detector(RunConfig(data=str(data), model="patchcore", image_size=args.patchcore_size), index)
+    det.training["note"] = f"fitted on a seeded subset of {len(keep)} of {len(good)} train/good images"
+    det.save(work / f"patchcore_{args.patchcore_size}")
+    return round(time.time() - t0, 1)
 
 
 def main() -> int:
@@ -55,9 +74,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/defectlab_bench_segment", help="run folders (not in the repo)")
     ap.add_argument("--anomaly-run", default=None, help="a 'defectlab anomaly fit' run on this dataset")
-    ap.add_argument("--fit-patchcore", action="store_true", help="fit a modest PatchCore run if none is given")
+    ap.add_argument("--fit-patchcore", action="store_true", help="fit a modest PatchCore run")
     ap.add_argument("--patchcore-size", type=int, default=256)
-    ap.add_argument("--reuse", action="store_true", help="reuse an existing U-Net run in --work")
+    ap.add_argument("--patchcore-max-train", type=int, default=200, help="train/good subset (CPU)")
+    ap.add_argument("--patchcore-only", action="store_true", help="only fit the PatchCore run, then exit")
+    ap.add_argument("--anomaly-only", action="store_true", help="only score --anomaly-run on the U-Net split")
+    ap.add_argument("--reuse", action="store_true", help="reuse the U-Net run and anomaly scores in --work")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -67,9 +89,18 @@ def main() -> int:
         return 2
     work = Path(args.work)
     name = f"unet_{args.encoder}_{args.mode}_{args.size}"
+    if args.patchcore_only:
+        print(f"fitted in {fit_patchcore(data, work, args)} s")
+        return 0
+    if args.anomaly_only:  # score the anomaly run on the U-Net run's held-out images (split.json)
+        out = work / f"{Path(args.anomaly_run).name}_on_{name}.json"
+        anomaly_test_run(args.anomaly_run, test_records(work / name, {}, None), out=out)
+        print(f"wrote {out}")
+        return 0
     run = work / name
     cfg = SegConfig(encoder=args.encoder, weights="imagenet" if args.encoder == "mobilenet_v2" else "none",
-                    base=args.base, mode=args.mode, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
+                    base=args.base, mode=args.mode, size=args.size, epochs=args.epochs,
+                    batch_size=args.batch_size,
                     lr=args.lr, max_good_train=args.max_good_train, seed=args.seed, num_threads=2)
     load = {"start": os.getloadavg()}
     t0 = time.time()
@@ -80,7 +111,7 @@ def main() -> int:
     t0 = time.time()
     unet = test_run(run, n_overlays=3)
     test_s = time.time() - t0
-    records = test_records(run, load_run(run)[1], None)
+    records = test_records(run, {}, None)
     split = json.loads((run / "split.json").read_text())
     result = {
         "command": "python " + " ".join(sys.argv),
@@ -93,20 +124,20 @@ def main() -> int:
     }
     anomaly_run = args.anomaly_run
     if anomaly_run is None and args.fit_patchcore:
-        from defectlab.anomaly.runner import RunConfig, fit_detector
-
         anomaly_run = str(work / f"patchcore_{args.patchcore_size}")
         if not (Path(anomaly_run) / "detector.json").is_file():
-            t0 = time.time()
-            det = fit_detector(RunConfig(data=str(data), model="patchcore", image_size=args.patchcore_size))
-            det.save(anomaly_run)
-            result["patchcore_fit_seconds"] = round(time.time() - t0, 1)
+            result["patchcore_fit_seconds"] = fit_patchcore(data, work, args)
     if anomaly_run:
         t0 = time.time()
-        am = anomaly_test_run(anomaly_run, records, out=work / f"{Path(anomaly_run).name}_localisation.json")
+        cached = work / f"{Path(anomaly_run).name}_on_{name}.json"
+        if args.reuse and cached.is_file():
+            am = json.loads(cached.read_text())
+        else:
+            am = anomaly_test_run(anomaly_run, records, out=cached)
         from defectlab.anomaly.detector import Detector
 
-        result["anomaly"] = {"run": anomaly_run, "method": am["method"], "threshold_rule": am["threshold_rule"],
+        result["anomaly"] = {"run": anomaly_run, "method": am["method"],
+                             "threshold_rule": am["threshold_rule"],
                              "info": {k: v for k, v in Detector.load(anomaly_run).info().items()
                                       if k in ("method", "backbone", "weights", "image_size", "resize")},
                              "test_seconds": round(time.time() - t0, 1), **summary(am)}

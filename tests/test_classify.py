@@ -15,7 +15,7 @@ from defectlab.classify import CLASSIFIERS, ModelConfig, build_classifier
 from defectlab.classify.data import cache_images
 from defectlab.classify.experiment import load_experiment, run_experiment
 from defectlab.classify.report import convergence_epoch
-from defectlab.classify.train import TrainConfig, Trainer, lr_at
+from defectlab.classify.train import OPTIMIZERS, TrainConfig, Trainer, build_setup, lr_at
 from defectlab.cli import main
 from defectlab.data.index import open_dataset
 from defectlab.data.synthetic import SynthConfig, make_synthetic
@@ -45,20 +45,40 @@ def _experiment(tmp_path: Path, data: Path, attempts: list[dict], *, epochs: int
 
 
 # ---------------------------------------------------------------------------------------------- models
-@pytest.mark.parametrize("name", CLASSIFIERS.names())
-def test_every_model_trains_and_loss_goes_down_on_a_fixed_batch(name: str, tiny: Path, tmp_path: Path) -> None:
-    # One batch of 6 images is the whole training set, so each epoch is one step on the same fixed batch
-    # and train_loss of epoch e is measured on it before the e-th update.
-    recs = [r for r in open_dataset(tiny).records if r.split == "test"][::3]
+HEAVY = {"resnet34", "resnet50", "wide_resnet50_2", "vit_b_16"}  # 20-90M parameters: seconds per step on a CPU
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
+                                  for n in CLASSIFIERS.names()])
+def test_every_model_trains_an_epoch_and_loss_goes_down_on_a_fixed_batch(name: str, tiny: Path, tmp_path: Path) -> None:
+    recs = [r for r in open_dataset(tiny).records if r.split == "test"][::5]  # 4 images, all 3 classes
     classes = ["good", "hole", "scratch"]
     data = cache_images(recs, {c: i for i, c in enumerate(classes)}, size=SIZE)
-    lr = 1e-4 if name == "vit_b_16" else 1e-3  # the 86M-parameter ViT diverges from random init at 1e-3
-    cfg = TrainConfig(epochs=4, batch_size=len(recs), image_size=SIZE, lr=lr)
+    lr = 1e-5 if name == "vit_b_16" else 1e-3  # a ViT from random init needs a small step (Adam moves every weight by ~lr)
+    cfg = TrainConfig(epochs=1, batch_size=len(recs), image_size=SIZE, lr=lr)
     trainer = Trainer(ModelConfig(name=name), cfg, classes, tmp_path / name, progress=False).fit(data, data)
-    losses = [h["train_loss"] for h in trainer.history_]
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
-    assert losses[-1] < losses[0], losses
+    assert len(trainer.history_) == 1 and math.isfinite(trainer.history_[0]["train_loss"])
     assert (tmp_path / name / "best.pt").is_file() and (tmp_path / name / "last.pt").is_file()
+    # Three optimizer steps on one fixed batch lower its loss. Train mode; the RNG is reset before every
+    # forward pass so stochastic layers (EfficientNet's drop-connect) draw the same masks each time.
+    setup = build_setup(ModelConfig(name=name), cfg, classes, [1, 1, 1])
+    opt = OPTIMIZERS.get("adam")([p for p in setup.model.parameters() if p.requires_grad], cfg)
+    x, y = setup.augment(data.images, train=False), data.labels
+    setup.model.train()
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(0)
+        return setup.method.loss(setup.model(x), y)
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(3):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < before, (before, after)
 
 
 def test_freeze_stages_and_head_only() -> None:

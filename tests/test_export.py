@@ -15,8 +15,8 @@ from scipy import ndimage
 from defectlab.cli import main
 from defectlab.data.index import open_dataset
 from defectlab.errors import BadInputError
-from defectlab.export import (ExportOptions, collect, export_coco, export_sam, export_voc, export_yolo, import_voc,
-                              read_yolo)
+from defectlab.export import (ExportOptions, collect, export_coco, export_sam, export_voc, export_yolo,
+                              import_voc, read_yolo)
 from defectlab.export.instances import (components, mask_box, mask_instances, mask_to_polygons, mask_to_rle,
                                         polygons_to_mask, rle_to_mask)
 from defectlab.export.sam import interior_point
@@ -109,7 +109,8 @@ def test_boxes_match_component_extents(items) -> None:
     for it in its:
         for inst in it.instances:
             rows, cols = np.nonzero(inst.mask)
-            assert inst.bbox == (cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+            w, h = cols.max() - cols.min() + 1, rows.max() - rows.min() + 1
+            assert inst.bbox == (cols.min(), rows.min(), w, h)
             checked += 1
     assert checked >= 20
 
@@ -123,7 +124,8 @@ def test_coco_loads_and_self_evaluation_gives_ap_1(items, tmp_path: Path) -> Non
     for suffix in ("", "_rle"):
         path = tmp_path / "annotations" / f"instances_test{suffix}.json"
         gt = COCO(str(path))
-        assert len(gt.getCatIds()) == len(cats) and len(gt.getImgIds()) == sum(it.split == "test" for it in its)
+        assert len(gt.getCatIds()) == len(cats)
+        assert len(gt.getImgIds()) == sum(it.split == "test" for it in its)
         dets = [dict(a, score=1.0) for a in gt.dataset["annotations"]]
         for a in dets:
             a.pop("id")
@@ -226,8 +228,7 @@ def test_voc_import_to_yolo_and_back(tmp_path: Path) -> None:
     export_voc(back, cats, tmp_path / "voc", images="none")
     for stem, boxes in truth.items():
         _, _, _, inst = parse_voc(tmp_path / "voc" / "Annotations" / f"{stem}.xml", tmp_path / "img")
-        again = sorted((i.category, i.bbox[0] + 1, i.bbox[1] + 1, i.bbox[0] + i.bbox[2], i.bbox[1] + i.bbox[3])
-                       for i in inst)
+        again = sorted((i.category, i.xyxy[0] + 1, i.xyxy[1] + 1, i.xyxy[2], i.xyxy[3]) for i in inst)
         assert again == boxes
     # COCO from boxes only: loads, boxes identical
     from pycocotools.coco import COCO
@@ -244,7 +245,8 @@ def test_voc_import_val_split_is_seeded(tmp_path: Path) -> None:
     assert [i.split for i in a] == [i.split for i in b] and {i.split for i in a} == {"train", "val"}
 
 
-def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path: Path, synthetic_object: Path, capsys) -> None:
+def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path: Path, synthetic_object: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     ann, img = tmp_path / "ann", tmp_path / "img"
     _write_voc(ann, img, n=2)
     (ann / "broken.xml").write_text("<annotation><filename>img_0.jpg</filename><object>")
@@ -286,3 +288,17 @@ def test_neu_det_annotations_import(tmp_path: Path) -> None:
             assert 0 <= x0 < x1 <= it.width and 0 <= y0 < y1 <= it.height
     summary = export_yolo(items, cats, tmp_path, images="symlink", task="detect")
     assert summary["splits"]["train"]["instances"] == sum(len(it.instances) for it in items)
+
+
+def test_manifest_splits_reach_yolo(synthetic_object: Path, tmp_path: Path) -> None:
+    from defectlab.data.split import SplitConfig, make_split, write_manifest
+
+    cfg = SplitConfig(val=0.25, test=0.25, seed=0)
+    manifest = tmp_path / "split.csv"
+    write_manifest(make_split(open_dataset(synthetic_object), cfg), manifest, cfg)
+    assert main(["export", "yolo", str(synthetic_object), str(tmp_path / "y"), "--manifest", str(manifest),
+                 "--images", "symlink"]) == 0
+    data = yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())
+    assert data["val"] == "images/val" and data["test"] == "images/test"
+    n = {s: len(list((tmp_path / "y" / "labels" / s).glob("*.txt"))) for s in ("train", "val", "test")}
+    assert all(v > 0 for v in n.values())

@@ -294,3 +294,16 @@ def test_deepsmote_counts_and_shape() -> None:
     assert torch.equal(x[:18], images)
     assert ds.history_[-1] < ds.history_[0]  # reconstruction + permutation loss went down
     assert float(x.min()) >= float(images.min()) and float(x.max()) <= float(images.max())
+
+
+def test_two_views_transform() -> None:
+    from PIL import Image
+
+    from defectlab.data.transforms import PairTransform
+
+    tf = METHODS.get("bcl")().wrap_transform(PairTransform(24, augment="basic"))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    views, mask = tf(img, None)
+    assert views.shape == (2, 3, 24, 24) and mask.shape == (1, 24, 24)
+    assert not torch.equal(views[0], views[1])  # two independent augmentation draws

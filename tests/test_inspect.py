@@ -53,12 +53,12 @@ class CountingEngine:
     def __init__(self, det, die_on_call: int | None = None) -> None:  # type: ignore[no-untyped-def]
         self.det, self.calls, self.images, self.die_on_call = det, 0, 0, die_on_call
 
-    def predict_images(self, images):  # type: ignore[no-untyped-def]
+    def predict_images(self, images, *, batch_size=8):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.calls == self.die_on_call:
             raise KeyboardInterrupt  # what Ctrl-C / a kill looks like to the loop
         self.images += len(images)
-        return self.det.predict_images(images)
+        return self.det.predict_images(images, batch_size=batch_size)
 
     def info(self):  # type: ignore[no-untyped-def]
         return self.det.info()
@@ -126,6 +126,15 @@ def test_foreign_csv_and_missing_folder_refused(run: Path, folder: Path, tmp_pat
     other.write_text("a,b\n1,2\n")
     with pytest.raises(BadInputError, match="not a defectlab inspect CSV"):
         inspect_folder(detector(run), folder, other, progress=False)
+    half = tmp_path / "half.csv"  # killed while writing the header line
+    half.write_text(",".join(COLUMNS)[:12])
+    s = inspect_folder(detector(run), folder, half, progress=False)
+    assert s.skipped == 0 and len(rows(half)) == 7
+    lone = tmp_path / "lone.csv"  # one line without newline that is not ours: left alone
+    lone.write_text("hello")
+    with pytest.raises(BadInputError, match="not a defectlab inspect CSV"):
+        inspect_folder(detector(run), folder, lone, progress=False)
+    assert lone.read_text() == "hello"
     with pytest.raises(BadInputError, match="not a folder"):
         inspect_folder(detector(run), tmp_path / "nope", tmp_path / "x.csv", progress=False)
 

@@ -52,7 +52,8 @@ def test_split_is_stratified_seeded_and_disjoint(tiny: Path) -> None:
     assert [r.path for r in a["train"]] == [r.path for r in b["train"]]
     assert not {r.path for r in a["train"]} & {r.path for r in a["test"]}
     for dt in ("hole", "contamination"):
-        assert sum(r.defect_type == dt for r in a["train"]) == 3 == sum(r.defect_type == dt for r in a["test"])
+        n_train = sum(r.defect_type == dt for r in a["train"])
+        assert n_train == 3 == sum(r.defect_type == dt for r in a["test"])
     assert sum(r.defect_type == "good" for r in a["train"]) == 4  # capped, from train/good
     assert all(r.split == "test" for r in a["test"] if r.defect_type == "good")
 
@@ -74,7 +75,8 @@ def test_evaluate_maps_hand_computed(tmp_path: Path) -> None:
     assert m["per_type"]["dent"]["iou"] == pytest.approx(30 / 50)
     assert m["per_type"]["dent"]["dice"] == pytest.approx(2 * 30 / (40 + 40))
     assert m["per_type"]["dent"]["per_image_iou"] == pytest.approx((10 / 30 + 1.0) / 2)
-    assert m["good"]["images_with_false_alarm"] == 1.0 and m["good"]["false_pixel_rate"] == pytest.approx(0.05)
+    assert m["good"]["images_with_false_alarm"] == 1.0
+    assert m["good"]["false_pixel_rate"] == pytest.approx(0.05)
     assert 0.5 < m["pixel_auroc"] < 1.0
     with pytest.raises(BadInputError, match="map is"):
         evaluate_maps([np.zeros((3, 3))], recs[:1], 0.5, masks=gts[:1])
@@ -120,3 +122,14 @@ def test_cli_fit_test_predict(tiny: Path, tmp_path: Path) -> None:
     preds = json.loads((out / "predictions.json").read_text())
     assert len(preds) == 6 and (out / f"{Path(preds[0]['path']).stem}_mask.png").is_file()
     assert main(["segment", "test", str(tmp_path / "nope")]) == 2
+    # a good-only detector's thresholded maps, scored on the U-Net run's held-out images
+    from defectlab.anomaly.runner import RunConfig, fit_detector
+
+    det = fit_detector(RunConfig(data=str(tiny), model="patchcore", image_size=64, holdout=0.34))
+    det.save(tmp_path / "pc")
+    assert main(["segment", "test", str(tmp_path / "pc"), "--split-from", str(run)]) == 0
+    loc = json.loads((tmp_path / "pc" / "localisation.json").read_text())
+    assert loc["method"] == "patchcore" and loc["threshold"] == pytest.approx(det.thresholds.pixel)
+    counts = {k: v["n"] for k, v in metrics["per_type"].items()}
+    assert {k: v["n"] for k, v in loc["per_type"].items()} == counts
+    assert main(["segment", "test", str(tmp_path / "pc")]) == 2  # needs DATA or --split-from

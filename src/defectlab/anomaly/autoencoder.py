@@ -119,7 +119,7 @@ class Autoencoder(AnomalyModel):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total, n = total + float(loss) * x.shape[0], n + x.shape[0]
+                total, n = total + float(loss.detach()) * x.shape[0], n + x.shape[0]
             sched.step()
             last = total / max(1, n)
         if last == 0.0 and n == 0:

@@ -79,6 +79,7 @@ class AnomalyModel(nn.Module):
 
     Config: ClassVar[type]
     name: ClassVar[str] = "?"
+    fixed_input: ClassVar[bool] = False  # True: every image must have the fitted input size (no "native")
 
     def __init__(self, config: Any = None, *, pretrained: bool = True) -> None:
         super().__init__()

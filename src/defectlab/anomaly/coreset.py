@@ -21,8 +21,19 @@ import torch
 def greedy_kcenter(x: torch.Tensor, k: int, *, start: int = 0, desc: str | None = None) -> torch.Tensor:
     """Indices of ``k`` points of ``x`` (N, d) chosen by greedy farthest-point selection from ``start``.
 
-    ``desc``: show a tqdm progress bar with this title.
+    ``desc``: show a tqdm progress bar with this title. Runs on one CPU thread: each step is a small,
+    memory-bound matrix-vector product, and thousands of thread hand-offs cost more than they gain
+    (badly so on a loaded machine).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _greedy(x, k, start, desc)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _greedy(x: torch.Tensor, k: int, start: int, desc: str | None) -> torch.Tensor:
     n = x.shape[0]
     k = min(k, n)
     if k <= 0:
@@ -30,7 +41,8 @@ def greedy_kcenter(x: torch.Tensor, k: int, *, start: int = 0, desc: str | None 
     norms = (x * x).sum(1)
     chosen = torch.empty(k, dtype=torch.long)
     chosen[0] = start
-    min_d = (norms - 2 * (x @ x[start]) + norms[start]).clamp_min_(0)
+    min_d = torch.addmv(norms, x, x[start], alpha=-2.0).add_(norms[start])
+    d = torch.empty_like(min_d)
     bar = None
     if desc is not None:
         from tqdm.auto import tqdm
@@ -41,7 +53,8 @@ def greedy_kcenter(x: torch.Tensor, k: int, *, start: int = 0, desc: str | None 
             bar.update(256)
         j = int(torch.argmax(min_d))
         chosen[i] = j
-        torch.minimum(min_d, (norms - 2 * (x @ x[j]) + norms[j]).clamp_min_(0), out=min_d)
+        torch.addmv(norms, x, x[j], alpha=-2.0, out=d).add_(norms[j])  # squared distances to the new centre
+        torch.minimum(min_d, d, out=min_d)
     if bar is not None:
         bar.close()
     return chosen

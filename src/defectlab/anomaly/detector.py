@@ -44,14 +44,41 @@ META_FILE = "detector.json"
 
 @dataclass
 class Preprocess:
-    image_size: tuple[int, int]  # (H, W) the model sees
-    resize: str  # "squash" | "letterbox" | "crop" (see defectlab.data.transforms)
+    image_size: tuple[int, int]  # (H, W) the model sees (not used by "native")
+    resize: str  # "native" | "squash" | "letterbox" | "crop" (see defectlab.data.transforms)
     mean: tuple[float, ...]
     std: tuple[float, ...]
     mode: str = "RGB"  # images are decoded to this PIL mode first (grayscale is replicated to RGB)
+    scale: float = 1.0  # "native": every image is resized by this one factor (aspect ratio and scale kept)
 
-    def transform(self) -> PairTransform:
+    @property
+    def variable_size(self) -> bool:
+        return self.resize == "native"
+
+    def transform(self) -> PairTransform | NativeTransform:
+        if self.resize == "native":
+            return NativeTransform(self.scale, mean=self.mean, std=self.std)
         return PairTransform(self.image_size, resize=self.resize, mean=self.mean, std=self.std)
+
+
+class NativeTransform:
+    """``(PIL, mask | None) -> (3xhxw, 1xhxw)``: one fixed scale factor for all images, no padding, so a
+    pixel keeps the same physical size in every image (one camera), whatever the crop's shape."""
+
+    def __init__(self, scale: float, *, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.scale, self.mean, self.std = scale, tuple(mean), tuple(std)
+
+    def __call__(self, image: Image.Image, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        w, h = image.size
+        if mask is None:
+            mask = np.zeros((h, w), dtype=bool)
+        size = (max(16, round(w * self.scale)), max(16, round(h * self.scale)))
+        if size != (w, h):
+            image = image.resize(size, Image.BILINEAR)
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        x = (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        return x.contiguous(), torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
 
 
 @dataclass
@@ -108,9 +135,14 @@ class Detector:
                 else:
                     pils.append(load_pil(im, self.preprocess.mode))
                     names.append(str(im))
-            batch = torch.stack([self._transform(p, None)[0] for p in pils])
-            res = self.predict_tensor(batch)
-            for name, pil, score, amap in zip(names, pils, res.scores.tolist(), res.maps):
+            tensors = [self._transform(p, None)[0] for p in pils]
+            if self.preprocess.variable_size:  # images of different sizes: one at a time
+                outs = [self.predict_tensor(t[None]) for t in tensors]
+                scores, maps = [float(o.scores[0]) for o in outs], [o.maps[0] for o in outs]
+            else:
+                res = self.predict_tensor(torch.stack(tensors))
+                scores, maps = res.scores.tolist(), list(res.maps)
+            for name, pil, score, amap in zip(names, pils, scores, maps):
                 full = map_to_original(amap, (pil.height, pil.width), self.preprocess.resize)
                 is_defect = bool(score > self.thresholds.image)
                 boxes = boxes_from_map(full, self.thresholds.pixel) if is_defect else []
@@ -124,7 +156,7 @@ class Detector:
         return {
             "method": self.method,
             "backbone": cfg.get("backbone"),
-            "weights": self.model.summary().get("backbone_weights", cfg.get("weights")),
+            "weights": self.training.get("weights") or self.model.summary().get("backbone_weights", cfg.get("weights")),
             "image_size": list(self.preprocess.image_size),
             "resize": self.preprocess.resize,
             "mean": list(self.preprocess.mean),
@@ -194,7 +226,7 @@ class Detector:
             model.load_state_dict(state, strict=True)
             pre = meta["preprocess"]
             preprocess = Preprocess(as_hw(pre["image_size"]), pre["resize"], tuple(pre["mean"]), tuple(pre["std"]),
-                                    pre.get("mode", "RGB"))
+                                    pre.get("mode", "RGB"), float(pre.get("scale", 1.0)))
             thresholds = Thresholds(**meta["thresholds"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise BadInputError(run_dir, f"cannot restore the detector ({type(exc).__name__}: "

@@ -2,7 +2,7 @@
 
 The inverse of ``defectlab.data.transforms.resize_ops`` for each resize mode:
 
-* ``squash``: resize the map to the original (H0, W0);
+* ``squash`` / ``native``: resize the map to the original (H0, W0);
 * ``letterbox``: cut the padding away, then resize;
 * ``crop``: the map covers the centre crop only; it is placed on the resized image's canvas (the rest
   filled with the map's minimum: never seen, never flagged), then resized.
@@ -37,7 +37,7 @@ def map_to_original(amap: torch.Tensor | np.ndarray, orig_hw: tuple[int, int], m
     m = torch.as_tensor(np.asarray(amap, dtype=np.float32))
     h, w = m.shape
     h0, w0 = orig_hw
-    if mode == "squash":
+    if mode in ("squash", "native"):
         out = _resize(m, (h0, w0))
     elif mode == "letterbox":
         top, left, nh, nw = letterbox_box((h0, w0), (h, w))

@@ -40,6 +40,7 @@ class PaDiMConfig:
 class PaDiM(AnomalyModel):
     Config = PaDiMConfig
     name = "padim"
+    fixed_input = True  # one Gaussian per position of a fixed grid
 
     def __init__(self, config: PaDiMConfig | None = None, *, pretrained: bool = True) -> None:
         super().__init__(config, pretrained=pretrained)

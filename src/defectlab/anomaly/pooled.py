@@ -26,6 +26,8 @@ from defectlab.errors import ConfigError
 class PooledFeatureModel(AnomalyModel):
     """Subclasses set ``Config`` (with backbone, weights, layers, sigma) and implement the two hooks."""
 
+    fixed_input = True  # the coarse map's per-position statistics need one grid
+
     def __init__(self, config: Any = None, *, pretrained: bool = True) -> None:
         super().__init__(config, pretrained=pretrained)
         c = self.config

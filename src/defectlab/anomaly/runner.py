@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from defectlab.anomaly import build_model
+from defectlab.anomaly.base import AnomalyModel
 from defectlab.anomaly.detector import Detector, Preprocess, Thresholds
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.config import atomic_write_text, write_json
@@ -63,8 +64,27 @@ class RunConfig:
 
 
 def _loader(records: Sequence[SampleRecord], preprocess: Preprocess, cfg: RunConfig) -> DataLoader:
+    batch = 1 if preprocess.variable_size else cfg.batch_size  # "native": images differ in size
     return DataLoader(DefectDataset(records, preprocess.transform(), mode=preprocess.mode),
-                      batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
+                      batch_size=batch, num_workers=cfg.num_workers, shuffle=False)
+
+
+def resolve_resize(resize: str, model: AnomalyModel) -> str:
+    """``auto``: ``native`` for methods that take any input size, ``letterbox`` for fixed-grid ones."""
+    if resize == "auto":
+        return "letterbox" if model.fixed_input else "native"
+    if resize == "native" and model.fixed_input:
+        raise ConfigError(f"{model.name} needs one input size for all images: use --resize letterbox, squash or crop")
+    if resize not in ("native", "squash", "letterbox", "crop"):
+        raise ConfigError(f"unknown resize mode '{resize}'; known: auto, native, letterbox, squash, crop")
+    return resize
+
+
+def native_scale(records: Sequence[SampleRecord], image_size: int | tuple[int, int]) -> float:
+    """The one scale factor of ``resize="native"``: the median training image's longer side becomes
+    ``max(image_size)`` (read from image headers only)."""
+    sides = sorted(max(read_info(r.path).width, read_info(r.path).height) for r in records)
+    return max(as_hw(image_size)) / float(sides[len(sides) // 2])
 
 
 def split_train(index: DatasetIndex, cfg: RunConfig) -> tuple[list[SampleRecord], list[SampleRecord]]:
@@ -91,7 +111,9 @@ def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
     index = index or open_dataset(cfg.data)
     fit_recs, hold_recs = split_train(index, cfg)
     model = build_model(cfg.model, cfg.options)
-    preprocess = Preprocess(as_hw(cfg.image_size), cfg.resize, tuple(model.mean), tuple(model.std))
+    resize = resolve_resize(cfg.resize, model)
+    scale = native_scale(fit_recs, cfg.image_size) if resize == "native" else 1.0
+    preprocess = Preprocess(as_hw(cfg.image_size), resize, tuple(model.mean), tuple(model.std), scale=scale)
     preprocess.transform()  # validates the resize mode before the long part
     t0 = time.perf_counter()
     model.fit(_loader(fit_recs, preprocess, cfg))
@@ -108,6 +130,7 @@ def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
     det.thresholds = Thresholds(threshold_from_good(scores, cfg.quantile), threshold_from_good(map_max, cfg.quantile),
                                 f"quantile {cfg.quantile} of the scores (pixel: map maxima) of {source}")
     det.training = {"data": str(index.root), "dataset": index.name, "layout": index.layout,
+                    "weights": model.summary().get("backbone_weights", "trained from scratch"),
                     "n_fit": len(fit_recs), "n_threshold": len(scored), "fit_seconds": round(fit_s, 2),
                     "good_scores": {"min": float(np.min(scores)), "median": float(np.median(scores)),
                                     "max": float(np.max(scores))}}

@@ -97,7 +97,7 @@ def _fmt(row: dict[str, Any], key: str) -> str:
     if key in NUMERIC:
         digits = {"epochs_run": 1, "convergence_epoch": 1, "params": 0, "train_seconds": 1, "infer_ms": 2}.get(key, 3)
         text = f"{value:,.0f}" if key == "params" else f"{value:.{digits}f}"
-        if key + "_std" in row:
+        if key + "_std" in row and key != "params":
             text += f" ± {row[key + '_std']:.{digits}f}"
         elif key in ("epochs_run", "convergence_epoch"):
             text = str(int(value))

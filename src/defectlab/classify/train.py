@@ -51,7 +51,8 @@ from defectlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
-EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+# seconds: the whole epoch (training pass, validation, checkpoints); train_s: the training pass only.
+EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_s")
 
 
 @dataclass
@@ -87,10 +88,11 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------- optimizers, schedules
 OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
-OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
-OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay))
-OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
-                                                        weight_decay=c.weight_decay, nesterov=c.momentum > 0))
+# Fused kernels where torch has them: one kernel per step instead of one per tensor (far faster on CPU).
+OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, fused=True))
+OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay, fused=True))
+OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                                        nesterov=c.momentum > 0, fused=True))
 OPTIMIZERS.register("rmsprop")(lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum,
                                                                 weight_decay=c.weight_decay))
 
@@ -250,11 +252,12 @@ class Trainer:
                 group["lr"] = lr
             seed_everything(cfg.seed, epoch)
             train_loss, train_acc = self._train_epoch(setup, optimizer, scaler, train, device, use_amp)
+            train_s = time.perf_counter() - t0
             logits = predict_logits(setup, val.images, batch_size=cfg.eval_batch_size, device=device)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                    "val_loss": F.cross_entropy(logits, val.labels).item(),
                    "val_acc": (logits.argmax(1) == val.labels).float().mean().item(),
-                   "lr": lr, "seconds": time.perf_counter() - t0}
+                   "lr": lr, "seconds": time.perf_counter() - t0, "train_s": train_s}
             state["history"].append(row)
             state["epoch"] = epoch + 1
             score = sign * row[cfg.monitor]

@@ -15,15 +15,17 @@ from defectlab.config import write_json
 from defectlab.export import EXPORTERS, ExportOptions, collect, import_voc
 from defectlab.export.items import ExportItem
 
-app = typer.Typer(help="Export masks as COCO / YOLO / VOC / SAM datasets; import VOC boxes.", no_args_is_help=True)
+app = typer.Typer(help="Export masks as COCO / YOLO / VOC / SAM datasets; import VOC boxes.",
+                  no_args_is_help=True)
 
-DATA = typer.Argument(..., help="Dataset folder (MVTec or folder layout, with masks) or a split manifest CSV.")
+DATA = typer.Argument(..., help="Dataset folder (MVTec or folder layout, with masks) or a manifest CSV.")
 OUT = typer.Argument(..., help="Output folder.")
 MIN_AREA = typer.Option(1, "--min-area", help="Drop mask components smaller than this many pixels.")
-TOLERANCE = typer.Option(0.0, "--tolerance", help="Polygon simplification tolerance in pixels (0 = exact outline).")
+TOLERANCE = typer.Option(0.0, "--tolerance", help="Polygon simplification in pixels (0 = exact outline).")
 IMAGES = typer.Option("copy", "--images", help="copy | symlink | none (reference originals; not for YOLO).")
 GOOD = typer.Option(True, "--good/--no-good", help="Include good images as entries without instances.")
-MANIFEST = typer.Option(None, "--manifest", help="Split manifest CSV (defectlab data split): its train/val/test.")
+MANIFEST = typer.Option(None, "--manifest", help="Split manifest CSV (defectlab data split) for the splits.")
+MASK_DIR = typer.Option(None, "--mask-dir", help="Folder layout: masks in MASK_DIR/<defect>/<stem>.png.")
 
 
 def _run(fmt: str, data: Path, out: Path, opts: ExportOptions, *, polygons: bool = True,
@@ -44,41 +46,44 @@ def _write(fmt: str, items: list[ExportItem], categories: list[str], out: Path, 
     typer.echo(f"wrote {fmt} export to {out}")
 
 
-def _opts(min_area: int, tolerance: float, images: str, good: bool, manifest: Path | None) -> ExportOptions:
+def _opts(min_area: int, tolerance: float, images: str, good: bool, manifest: Path | None,
+          mask_dir: Path | None) -> ExportOptions:
     return ExportOptions(min_area=min_area, tolerance=tolerance, images=images, include_good=good,
-                         manifest=str(manifest) if manifest else None)
+                         manifest=str(manifest) if manifest else None,
+                         mask_dir=str(mask_dir) if mask_dir else None)
 
 
 @app.command()
-def coco(data: Path = DATA, out: Path = OUT, segm: str = typer.Option("both", help="both | polygon | rle | none"),
+def coco(data: Path = DATA, out: Path = OUT,
+         segm: str = typer.Option("both", help="both | polygon | rle | none"),
          min_area: int = MIN_AREA, tolerance: float = TOLERANCE, images: str = IMAGES, good: bool = GOOD,
-         manifest: Path = MANIFEST) -> None:
+         manifest: Path = MANIFEST, mask_dir: Path = MASK_DIR) -> None:
     """COCO instances JSON per split (polygon file + exact RLE file by default)."""
-    _run("coco", data, out, _opts(min_area, tolerance, images, good, manifest),
+    _run("coco", data, out, _opts(min_area, tolerance, images, good, manifest, mask_dir),
          polygons=segm in ("both", "polygon"), segm=segm)
 
 
 @app.command()
 def yolo(data: Path = DATA, out: Path = OUT, task: str = typer.Option("detect", help="detect | segment"),
          min_area: int = MIN_AREA, tolerance: float = TOLERANCE, images: str = IMAGES, good: bool = GOOD,
-         manifest: Path = MANIFEST) -> None:
+         manifest: Path = MANIFEST, mask_dir: Path = MASK_DIR) -> None:
     """YOLO detection (boxes) or segmentation (polygons) labels, images/ and data.yaml."""
-    _run("yolo", data, out, _opts(min_area, tolerance, images, good, manifest), polygons=task == "segment",
-         task=task)
+    _run("yolo", data, out, _opts(min_area, tolerance, images, good, manifest, mask_dir),
+         polygons=task == "segment", task=task)
 
 
 @app.command()
 def voc(data: Path = DATA, out: Path = OUT, min_area: int = MIN_AREA, images: str = IMAGES, good: bool = GOOD,
-        manifest: Path = MANIFEST) -> None:
+        manifest: Path = MANIFEST, mask_dir: Path = MASK_DIR) -> None:
     """Pascal VOC XML boxes (1-based inclusive coordinates)."""
-    _run("voc", data, out, _opts(min_area, 0.0, images, good, manifest), polygons=False)
+    _run("voc", data, out, _opts(min_area, 0.0, images, good, manifest, mask_dir), polygons=False)
 
 
 @app.command()
 def sam(data: Path = DATA, out: Path = OUT, min_area: int = MIN_AREA, images: str = IMAGES, good: bool = GOOD,
-        manifest: Path = MANIFEST) -> None:
+        manifest: Path = MANIFEST, mask_dir: Path = MASK_DIR) -> None:
     """Per-instance mask PNGs with box and point prompts (sam.json)."""
-    _run("sam", data, out, _opts(min_area, 0.0, images, good, manifest), polygons=False)
+    _run("sam", data, out, _opts(min_area, 0.0, images, good, manifest, mask_dir), polygons=False)
 
 
 @app.command("import-voc")
@@ -93,7 +98,7 @@ def import_voc_cmd(
 ) -> None:
     """VOC boxes -> COCO (bbox only) / YOLO detection, so box-only datasets work too."""
     items, categories = import_voc(annotations, images_dir, val_fraction=val_fraction, seed=seed)
-    fmt_opts: dict[str, Any] = {"segm": "none"} if to == "coco" else ({"task": "detect"} if to == "yolo" else {})
+    fmt_opts: dict[str, Any] = {"coco": {"segm": "none"}, "yolo": {"task": "detect"}}.get(to, {})
     _write(to, items, categories, out, images, {"source": str(annotations), "images_dir": str(images_dir),
                                                 "val_fraction": val_fraction, "seed": seed}, **fmt_opts)
 

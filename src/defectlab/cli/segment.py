@@ -17,7 +17,7 @@ app = typer.Typer(help="Supervised defect segmentation (U-Net): fit, test, predi
 def fit(
     data: Path = typer.Argument(..., help="Dataset folder with masks, or a split manifest CSV."),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
-    config: Path = typer.Option(None, "--config", help="YAML with SegConfig keys (options below override it)."),
+    config: Path = typer.Option(None, "--config", help="YAML of SegConfig keys (flags override it)."),
     manifest: Path = typer.Option(None, "--manifest", help="Split manifest CSV (train trains, test tests)."),
     encoder: str = typer.Option(None, help="small | mobilenet_v2"),
     weights: str = typer.Option(None, help="Encoder weights: none | imagenet | FILE (mobilenet_v2)."),
@@ -51,8 +51,8 @@ def test(
     run: Path = typer.Argument(..., help="Run folder from 'segment fit'."),
     data: Path = typer.Argument(None, help="Dataset to test on (default: the run's held-out images)."),
     overlays: int = typer.Option(4, help="Overlay PNGs per defect type."),
-    split_from: Path = typer.Option(None, "--split-from", help="Test on this segmentation run's held-out images."),
-    threshold: float = typer.Option(None, help="Anomaly runs: map threshold (default: the detector's pixel one)."),
+    split_from: Path = typer.Option(None, "--split-from", help="Test on this U-Net run's held-out images."),
+    threshold: float = typer.Option(None, help="Anomaly runs: map threshold (default: its pixel one)."),
 ) -> None:
     """IoU / Dice per defect type, pixel AUROC, AUPRO; writes RUN/metrics.json and RUN/overlays/.
 

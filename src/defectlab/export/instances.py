@@ -71,7 +71,8 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     counts = rle["counts"]
-    coded = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    coded = {"size": list(rle["size"]),
+             "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     if isinstance(counts, list):  # uncompressed RLE
         coded = mask_utils.frPyObjects(coded, *rle["size"])
     return mask_utils.decode(coded).astype(bool)

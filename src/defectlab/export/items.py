@@ -34,6 +34,7 @@ class ExportOptions:
     images: str = "copy"  # copy | symlink | none (reference the original files where the format allows)
     include_good: bool = True  # good images as entries without instances (negatives)
     manifest: str | None = None  # split manifest CSV: its train/val/test splits replace the dataset's
+    mask_dir: str | None = None  # folder layout: masks in <mask_dir>/<defect>/<stem>[_mask].png
 
     def __post_init__(self) -> None:
         if self.images not in IMAGE_MODES:
@@ -57,21 +58,22 @@ class ExportItem:
     defect_type: str = GOOD
 
 
-def open_source(data: str | Path, manifest: str | Path | None = None) -> DatasetIndex:
+def open_source(data: str | Path, manifest: str | Path | None = None, *,
+                mask_dir: str | Path | None = None) -> DatasetIndex:
     """A dataset folder, or a manifest CSV (given as DATA or as ``manifest``)."""
     data = Path(data)
     if manifest is not None or (data.is_file() and data.suffix.lower() == ".csv"):
         from defectlab.data.split import read_manifest
 
         return read_manifest(manifest if manifest is not None else data)
-    return open_dataset(data)
+    return open_dataset(data, mask_dir=mask_dir)
 
 
 def collect(data: str | Path | DatasetIndex, options: ExportOptions | None = None,
             *, polygons: bool = True) -> tuple[list[ExportItem], list[str]]:
     """(items, categories). Categories are the defect types, sorted (their order is the class ids)."""
     options = options or ExportOptions()
-    index = data if isinstance(data, DatasetIndex) else open_source(data, options.manifest)
+    index = data if isinstance(data, DatasetIndex) else open_source(data, options.manifest, mask_dir=options.mask_dir)
     categories = index.defect_types
     names: set[str] = set()
     items: list[ExportItem] = []
@@ -81,8 +83,8 @@ def collect(data: str | Path | DatasetIndex, options: ExportOptions | None = Non
         instances: list[Instance] = []
         if rec.defect_type != GOOD:
             if rec.mask_path is None:
-                raise BadInputError(rec.path, "defect image has no mask; export needs masks (or import boxes with "
-                                    "'defectlab export import-voc')")
+                raise BadInputError(rec.path, "defect image has no mask; export needs masks (or import "
+                                    "boxes with 'defectlab export import-voc')")
             mask = load_mask(rec.mask_path, size=(info.width, info.height))
             instances = mask_instances(mask, rec.defect_type, min_area=options.min_area,
                                        tolerance=options.tolerance, polygons=polygons)

@@ -42,7 +42,8 @@ def export_sam(items: list[ExportItem], categories: list[str], out: str | Path, 
         insts = []
         for k, inst in enumerate(it.instances):
             x0, y0, x1, y1 = inst.xyxy
-            entry: dict[str, Any] = {"category": inst.category, "box_xyxy": [x0, y0, x1, y1], "area": inst.area}
+            entry: dict[str, Any] = {"category": inst.category, "box_xyxy": [x0, y0, x1, y1],
+                                     "area": inst.area}
             if inst.mask is not None:
                 rel = f"masks/{Path(it.name).stem}_{k}.png"
                 path = out / rel

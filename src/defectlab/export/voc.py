@@ -82,8 +82,9 @@ def _number(node: ET.Element, tag: str, xml: Path) -> float:
 
 
 def _find_image(images: Path, filename: str, xml: Path) -> Path:
-    cands = [images / filename] + [images / (Path(filename).stem + s) for s in IMAGE_SUFFIXES] \
-        + [images / (filename + s) for s in IMAGE_SUFFIXES] + [images / (xml.stem + s) for s in IMAGE_SUFFIXES]
+    cands = [images / filename]
+    for stem in (Path(filename).stem, filename, xml.stem):
+        cands += [images / (stem + s) for s in IMAGE_SUFFIXES]
     for c in cands:
         if c.is_file():
             return c

@@ -38,7 +38,8 @@ def label_lines(item: ExportItem, class_id: dict[str, int], task: str) -> list[s
             vals = [(x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h]
         else:
             if not inst.polygons:
-                raise ConfigError(f"{item.path}: instance has no polygon (boxes-only data); use --task detect")
+                raise ConfigError(f"{item.path}: instance has no polygon (boxes-only data); "
+                                  "use --task detect")
             poly = max(inst.polygons, key=len)  # one polygon per 8-connected instance (holes bridged in)
             vals = [v / (w if i % 2 == 0 else h) for i, v in enumerate(poly)]
         lines.append(" ".join([str(c)] + [_fmt(v) for v in vals]))
@@ -73,7 +74,8 @@ def export_yolo(items: list[ExportItem], categories: list[str], out: str | Path,
     data["names"] = list(categories)  # index = class id
     write_yaml(out / "data.yaml", data)
     if val != "val":
-        summary["note"] = f"no 'val' split: data.yaml uses '{val}' for val (give --manifest for a train/val split)"
+        summary["note"] = (f"no 'val' split: data.yaml uses '{val}' for val "
+                           "(give --manifest for a train/val split)")
     summary["files"] = [str(out / "data.yaml")]
     return summary
 
@@ -110,7 +112,8 @@ def read_yolo(data_yaml: str | Path, split: str) -> tuple[list[ExportItem], list
             except (ValueError, TypeError):
                 raise BadInputError(label, f"line {n}: expected 'class cx cy w h'") from None
             if len(parts) != 5 or not 0 <= c < len(categories):
-                raise BadInputError(label, f"line {n}: expected 'class cx cy w h' with class < {len(categories)}")
+                raise BadInputError(label, f"line {n}: expected 'class cx cy w h' with class "
+                                           f"< {len(categories)}")
             W, H = info.width, info.height
             inst.append(box_instance(categories[c], ((cx - bw / 2) * W, (cy - bh / 2) * H,
                                                      (cx + bw / 2) * W, (cy + bh / 2) * H)))

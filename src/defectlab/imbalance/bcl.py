@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectlab.errors import ConfigError
-from defectlab.imbalance.losses import build_loss
-from defectlab.imbalance.method import METHODS, Method, TwoViews, _check, merge_views, split_classifier
+from defectlab.imbalance.losses import LOSSES, build_loss
+from defectlab.imbalance.method import (
+    METHODS, Method, TwoViews, _check, check_params, merge_views, split_classifier,
+)
 
 
 class BCLOutput(NamedTuple):
@@ -129,6 +131,7 @@ class BCLMethod(Method):
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
         self.feat_dim, self.cosine, self.scale = int(feat_dim), bool(cosine), float(scale)
         self.ce_loss, self.ce_params = ce_loss, dict(ce_params or {})
+        check_params(LOSSES.get(ce_loss), self.ce_params, f"bcl: ce_loss '{ce_loss}'")
         self.criterion: nn.Module | None = None
 
     def wrap_model(self, model: nn.Module, num_classes: int, class_counts: Sequence[int]) -> nn.Module:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from defectlab.errors import ConfigError
-from defectlab.imbalance.losses import build_loss, check_counts, log_prior
+from defectlab.imbalance.losses import LOSSES, build_loss, check_counts, log_prior
 from defectlab.registry import Registry
 
 METHODS: Registry = Registry("long-tail method")
@@ -127,6 +127,7 @@ class PlainMethod(Method):
 
     def __init__(self, *, loss: str = "ce", loss_params: dict | None = None, posthoc_tau: float = 0.0) -> None:
         self.loss_name, self.loss_params, self.posthoc_tau = loss, dict(loss_params or {}), float(posthoc_tau)
+        check_params(LOSSES.get(loss), self.loss_params, f"loss '{loss}'")
         self.criterion: nn.Module | None = None
 
     def wrap_model(self, model: nn.Module, num_classes: int, class_counts: Sequence[int]) -> nn.Module:
@@ -151,6 +152,28 @@ def _check(num_classes: int, class_counts: Sequence[int]) -> None:
     check_counts(class_counts)
     if len(class_counts) != num_classes:
         raise ConfigError(f"class_counts has {len(class_counts)} entries for {num_classes} classes")
+
+
+def check_params(builder: Any, params: dict | None, where: str) -> None:
+    """Unknown keyword parameters of a registry builder -> ConfigError (before any training starts)."""
+    import inspect
+
+    try:
+        inspect.signature(builder).bind_partial(None, **(params or {}))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_options(method: str = "plain", method_params: dict | None = None, *, loss: str = "ce",
+                  loss_params: dict | None = None, sampler: str = "instance",
+                  sampler_params: dict | None = None) -> Method:
+    """Every name and parameter name of a trainer's long-tail options, checked without data; returns
+    the method (values that need the class counts, e.g. a per-class ``alpha``, are checked by ``wrap_model``).
+    """
+    from defectlab.imbalance.samplers import SAMPLERS
+
+    check_params(SAMPLERS.get(sampler), sampler_params, f"sampler '{sampler}'")
+    return build_method(method, method_params, loss=loss, loss_params=loss_params)
 
 
 def build_method(name: str = "plain", params: dict | None = None, *, loss: str = "ce",

@@ -180,7 +180,7 @@ class DeepSMOTE:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             self.history_.append(total / len(x))
         self.x_, self.y_ = x, y
         return self

@@ -66,13 +66,17 @@ def read_done(csv_path: Path, *, retry_errors: bool = False) -> set[str]:
     if not raw.endswith(b"\n"):  # killed mid-write: drop the partial row
         raw = raw[: raw.rfind(b"\n") + 1]
     text = raw.decode("utf-8", errors="replace")
-    rows = list(csv.DictReader(io.StringIO(text)))
     header = next(csv.reader(io.StringIO(text)), None)
+    foreign = BadInputError(csv_path, f"exists but is not a defectlab inspect CSV (columns {header}); "
+                                      "choose another --out or delete it")
     if header is None:
+        if not ",".join(COLUMNS).encode().startswith(csv_path.read_bytes()):
+            raise foreign
+        atomic_write_text(csv_path, "")  # killed while writing the header: start afresh
         return set()
     if tuple(header) != COLUMNS:
-        raise BadInputError(csv_path, f"exists but is not a defectlab inspect CSV (columns {header}); "
-                            "choose another --out or delete it")
+        raise foreign
+    rows = list(csv.DictReader(io.StringIO(text)))
     if retry_errors:
         rows = [r for r in rows if r["verdict"] != "error"]
     if retry_errors or len(raw) != csv_path.stat().st_size:
@@ -116,14 +120,14 @@ def _row(rel: str, pred: Prediction | None, image: Image.Image | None, heatmap: 
 def _predict(engine: Engine, images: list[Image.Image]) -> list[Prediction | str]:
     """Predict a batch; if the batch fails, isolate the failing images one by one."""
     try:
-        return list(engine.predict_images(images))
+        return list(engine.predict_images(images, batch_size=len(images)))
     except Exception as exc:  # noqa: BLE001 - one odd image must not stop a production run
         if len(images) == 1:
             return [_reason(exc)]
     out: list[Prediction | str] = []
     for im in images:
         try:
-            out.append(engine.predict_images([im])[0])
+            out.append(engine.predict_images([im], batch_size=1)[0])
         except Exception as exc:  # noqa: BLE001
             out.append(_reason(exc))
     return out

@@ -1,7 +1,8 @@
 """Heatmap overlays for one inspected image: the anomaly map in colour over the image, defect boxes drawn.
 
-The colour scale is fixed relative to the deployable threshold (0 -> transparent blue, the threshold ->
-yellow-green, twice the threshold -> red), so overlays of different images compare by eye.
+The colour scale is fixed relative to the deployable pixel threshold (the image threshold when the
+detector has none): 0 -> faint blue, the threshold -> yellow-green, twice the threshold -> red, so
+overlays of different images compare by eye.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Imag
     amap = np.asarray(pred.anomaly_map, dtype=np.float32)
     if amap.shape != (base.height, base.width):
         amap = np.asarray(Image.fromarray(amap, mode="F").resize(base.size, Image.BILINEAR))
-    scale = 2.0 * pred.threshold if pred.threshold > 0 else float(amap.max() or 1.0)
+    thr = float(pred.extra.get("pixel_threshold", pred.threshold))  # the map's own threshold when known
+    scale = 2.0 * thr if thr > 0 else float(amap.max() or 1.0)
     norm = np.clip(amap / scale, 0.0, 1.0)
     colour = (colormaps["jet"](norm)[..., :3] * 255.0).astype(np.float32)
     weight = alpha * np.clip(norm * 2.0, 0.15, 1.0)[..., None]  # low scores show the image through

@@ -16,8 +16,8 @@ import numpy as np
 from defectlab.data.dataset import load_pair
 from defectlab.data.index import GOOD, SampleRecord
 from defectlab.errors import BadInputError
-from defectlab.metrics import (MetricInputError, aupro, binary_dice, binary_iou, per_class_dice, per_class_iou,
-                               pixel_auroc)
+from defectlab.metrics import (MetricInputError, aupro, binary_dice, binary_iou, per_class_dice,
+                               per_class_iou, pixel_auroc)
 
 
 def ground_truth(records: Sequence[SampleRecord]) -> list[np.ndarray]:
@@ -42,7 +42,8 @@ def evaluate_maps(maps: Sequence[np.ndarray], records: Sequence[SampleRecord], t
     gts = list(masks) if masks is not None else ground_truth(records)
     for m, g, r in zip(maps, gts, records):
         if m.shape != g.shape:
-            raise BadInputError(r.path, f"map is {m.shape[1]}x{m.shape[0]} but the mask is {g.shape[1]}x{g.shape[0]}")
+            raise BadInputError(r.path, f"map is {m.shape[1]}x{m.shape[0]} but the mask is "
+                                        f"{g.shape[1]}x{g.shape[0]}")
     preds = [np.asarray(m) > threshold for m in maps]
     out: dict[str, Any] = {"threshold": float(threshold), "n_images": len(records), "per_type": {}}
     types = sorted({r.defect_type for r in records} - {GOOD})

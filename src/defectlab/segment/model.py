@@ -79,7 +79,8 @@ class Segmenter:
         class_to_idx = {GOOD: 0, **{c: i + 1 for i, c in enumerate(self.classes_)}}
         ds = DefectDataset(records, PairTransform(cfg.size, augment=cfg.augment), class_to_idx=class_to_idx)
         gen = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(ds) > cfg.batch_size)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                            drop_last=len(ds) > cfg.batch_size)
         opt = torch.optim.AdamW(self.model_.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * len(loader)))
         self.history_: list[dict[str, float]] = []
@@ -123,7 +124,8 @@ class Segmenter:
             x = torch.stack([tf(im.convert("RGB"), None)[0] for im in chunk])
             prob = torch.sigmoid(self.model_(x))
             for im, p in zip(chunk, prob):
-                p = F.interpolate(p[None], size=(im.height, im.width), mode="bilinear", align_corners=False)[0]
+                p = F.interpolate(p[None], size=(im.height, im.width), mode="bilinear",
+                                  align_corners=False)[0]
                 out.append(p.numpy().astype(np.float32))
         return out
 
@@ -156,7 +158,8 @@ class Segmenter:
             self.model_ = self._build(n_out, None)
             self.model_.load_state_dict(ckpt["state_dict"])
         except (RuntimeError, KeyError, OSError, EOFError) as exc:
-            raise BadInputError(path, f"not a defectlab segmentation checkpoint ({type(exc).__name__})") from None
+            problem = f"not a defectlab segmentation checkpoint ({type(exc).__name__})"
+            raise BadInputError(path, problem) from None
         self.history_ = list(ckpt.get("history", []))
         self.model_.eval()
         return self

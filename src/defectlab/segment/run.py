@@ -38,10 +38,12 @@ def _rec_dict(r: SampleRecord) -> dict[str, Any]:
 
 
 def _rec(d: dict[str, Any]) -> SampleRecord:
-    return SampleRecord(Path(d["path"]), d["split"], d["defect_type"], Path(d["mask_path"]) if d["mask_path"] else None)
+    mask = Path(d["mask_path"]) if d["mask_path"] else None
+    return SampleRecord(Path(d["path"]), d["split"], d["defect_type"], mask)
 
 
-def fit_run(data: str | Path, out: str | Path, config: SegConfig, *, manifest: str | Path | None = None) -> Segmenter:
+def fit_run(data: str | Path, out: str | Path, config: SegConfig, *,
+            manifest: str | Path | None = None) -> Segmenter:
     out = Path(out)
     index = open_source(data, manifest)
     split = segmentation_split(index, test_fraction=config.test_fraction, seed=config.seed,
@@ -58,7 +60,8 @@ def fit_run(data: str | Path, out: str | Path, config: SegConfig, *, manifest: s
 def load_run(run: str | Path) -> tuple[Segmenter, dict[str, Any]]:
     run = Path(run)
     if not (run / MODEL_FILE).is_file():
-        raise BadInputError(run, f"not a segmentation run (no {MODEL_FILE}); make one with 'defectlab segment fit'")
+        raise BadInputError(run, f"not a segmentation run (no {MODEL_FILE}); "
+                                 "make one with 'defectlab segment fit'")
     cfg = load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
     return Segmenter.load(run / MODEL_FILE), cfg
 
@@ -80,7 +83,7 @@ def is_anomaly_run(run: str | Path) -> bool:
 
 
 def anomaly_test_run(run: str | Path, records: list[SampleRecord], *, threshold: float | None = None,
-                     out: str | Path | None = None) -> dict[str, Any]:
+                     out: str | Path | None = None, batch_size: int = 8) -> dict[str, Any]:
     """A good-only detector's anomaly maps, thresholded at its deployable pixel threshold (or
     ``threshold``), through the same evaluation as the U-Net; written to ``RUN/localisation.json``."""
     from defectlab.anomaly.detector import Detector
@@ -88,10 +91,12 @@ def anomaly_test_run(run: str | Path, records: list[SampleRecord], *, threshold:
     det = Detector.load(run)
     thr = det.thresholds.pixel if threshold is None else float(threshold)
     maps, masks = [], []
-    for r in tqdm(records, desc="anomaly maps", leave=False):
-        _, mask = load_pair(r, "L")
-        maps.append(np.asarray(det.predict_images([r.path])[0].anomaly_map, dtype=np.float32))
-        masks.append(mask)
+    for i in tqdm(range(0, len(records), batch_size), desc="anomaly maps", leave=False):
+        chunk = records[i : i + batch_size]
+        preds = det.predict_images([r.path for r in chunk], batch_size=batch_size)
+        for r, p in zip(chunk, preds):
+            maps.append(np.asarray(p.anomaly_map, dtype=np.float32))
+            masks.append(load_pair(r, "L")[1])
     metrics = evaluate_maps(maps, records, thr, masks=masks)
     metrics.update(method=det.method, run=str(run), threshold_rule=det.thresholds.rule if threshold is None
                    else "given on the command line")
@@ -110,15 +115,14 @@ def test_run(run: str | Path, data: str | Path | None = None, *, n_overlays: int
     run = Path(run)
     if is_anomaly_run(run):
         if split_from is not None:
-            records = test_records(Path(split_from), load_run(split_from)[1], None)
+            records = test_records(Path(split_from), {}, None)
         elif data is not None:
             records = test_records(run, {}, data)
         else:
             raise BadInputError(run, "an anomaly run needs DATA or --split-from SEGMENT_RUN to test on")
         return anomaly_test_run(run, records, threshold=threshold)
     seg, cfg = load_run(run)
-    records = test_records(Path(split_from), load_run(split_from)[1], None) if split_from else \
-        test_records(run, cfg, data)
+    records = test_records(Path(split_from), {}, None) if split_from else test_records(run, cfg, data)
     if not records:
         raise BadInputError(run, "no test images")
     probs, masks = [], []

@@ -26,7 +26,8 @@ def segmentation_split(index: DatasetIndex, *, test_fraction: float = 0.5, seed:
         raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     no_mask = [r for r in index.records if r.defect_type != GOOD and r.mask_path is None]
     if no_mask:
-        log.warning("%d defect image(s) have no mask and are left out (e.g. %s)", len(no_mask), no_mask[0].path)
+        log.warning("%d defect image(s) have no mask and are left out (e.g. %s)", len(no_mask),
+                    no_mask[0].path)
     records = [r for r in index.records if r.defect_type == GOOD or r.mask_path is not None]
     rng = np.random.default_rng(seed)
     if index.layout == "manifest":

@@ -36,7 +36,8 @@ class SmallEncoder(nn.Module):
     def __init__(self, *, base: int = 16, depth: int = 4, in_channels: int = 3) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(depth)]
-        self.blocks = nn.ModuleList(conv_block(cin, cout) for cin, cout in zip([in_channels] + widths, widths))
+        ins = [in_channels] + widths[:-1]
+        self.blocks = nn.ModuleList(conv_block(cin, cout) for cin, cout in zip(ins, widths))
         self.channels = widths
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

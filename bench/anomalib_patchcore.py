@@ -31,6 +31,8 @@ def main() -> None:
     common_args(p)
     p.add_argument("--probe-steps", type=int, default=0,
                    help="only estimate the full fit: extract all features, project, time this many greedy steps")
+    p.add_argument("--probe-random-patches", type=int, default=0,
+                   help="with --probe-steps: skip the CNN, use this many seeded random 128-d patches instead")
     args = p.parse_args()
 
     import torch
@@ -41,6 +43,9 @@ def main() -> None:
     import anomalib
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
+    if args.probe_steps and args.probe_random_patches:
+        probe(None, args)
+        return
     backbone = torchvision.models.mobilenet_v2(weights=None)
     backbone.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     backbone.eval()
@@ -84,12 +89,15 @@ def probe(model, args: argparse.Namespace) -> None:
     from anomaly_bench import batches, peak_rss_mb
 
     t0 = time.perf_counter()
-    model.train()
-    with torch.no_grad():
-        for images in batches(args.cache / "train.f32", args.batch_size):
-            model(torch.from_numpy(images))
-    bank = torch.vstack(model.embedding_store)
-    model.embedding_store.clear()
+    if args.probe_random_patches:  # the greedy cost does not depend on the values, only on N and d
+        bank = torch.randn(args.probe_random_patches, 128, generator=torch.Generator().manual_seed(0))
+    else:
+        model.train()
+        with torch.no_grad():
+            for images in batches(args.cache / "train.f32", args.batch_size):
+                model(torch.from_numpy(images))
+        bank = torch.vstack(model.embedding_store)
+        model.embedding_store.clear()
     extraction_s = time.perf_counter() - t0
     sampler = KCenterGreedy(embedding=bank, sampling_ratio=args.coreset_ratio)
     t0 = time.perf_counter()
@@ -107,6 +115,7 @@ def probe(model, args: argparse.Namespace) -> None:
     per_step = (time.perf_counter() - t0) / steps
     result = {
         "side": "anomalib (probe: estimated, not run)", "n_patches": int(bank.shape[0]),
+        "random_patches": bool(args.probe_random_patches),
         "projected_dim": int(sampler.features.shape[1]), "coreset_size": int(sampler.coreset_size),
         "extraction_s": extraction_s, "projection_s": projection_s, "greedy_steps_timed": steps,
         "greedy_s_per_step": per_step,

@@ -193,6 +193,62 @@ def worker_ours(args: argparse.Namespace) -> None:
               extra={"side": "defectlab", "torch": torch.__version__, "summary": _jsonable(model.summary())})
 
 
+def worker_coreset_probe(args: argparse.Namespace) -> None:
+    """Our coreset alone on ``--coreset-probe`` seeded random 128-d patches, fed in fit-sized pieces."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from defectlab.anomaly.coreset import StreamingCoreset
+    from defectlab.anomaly.patchcore import PatchCoreConfig
+
+    c = PatchCoreConfig()
+    gen = torch.Generator().manual_seed(0)
+    rss_ready = rss_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
+    sampler = StreamingCoreset(args.coreset_ratio, 128, proj_dim=c.coreset_proj_dim, chunk_size=c.coreset_chunk,
+                               seed=c.seed)
+    piece = args.batch_size * 1600  # one batch of 320 px images at stride 8
+    for start in range(0, args.coreset_probe, piece):
+        sampler.add(torch.randn(min(piece, args.coreset_probe - start), 128, generator=gen))
+    bank = sampler.finish()
+    result = {"side": "defectlab (coreset only)", "n_patches": args.coreset_probe, "coreset_size": int(bank.shape[0]),
+              "coreset_s": time.perf_counter() - t0, "coreset_cpu_s": time.process_time() - c0,
+              "rss_mb_before": rss_ready, "peak_rss_mb": peak_rss_mb()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "probe.json").write_text(json.dumps(result, indent=2))
+
+
+def coreset_probe(args: argparse.Namespace) -> None:
+    """Both coresets at full magnetic_tile scale on random patches; bench/results/anomaly_coreset_probe.json."""
+    load_start = os.getloadavg()
+    env = dict(os.environ, MALLOC_ARENA_MAX=str(args.malloc_arena_max), MALLOC_TRIM_THRESHOLD_=str(128 << 20),
+               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    common = ["--coreset-ratio", str(args.coreset_ratio), "--threads", str(args.threads),
+              "--batch-size", str(args.batch_size)]
+    sides = {}
+    for name, cmd in (
+        ("defectlab", [sys.executable, str(Path(__file__).resolve()), "--worker", "coreset",
+                       "--coreset-probe", str(args.coreset_probe)]),
+        ("anomalib", [str(ANOMALIB_PYTHON), str(BENCH / "anomalib_patchcore.py"), "--cache", str(TMP),
+                      "--weights", "unused", "--probe-steps", str(args.anomalib_probe or 10),
+                      "--probe-random-patches", str(args.coreset_probe)]),
+    ):
+        out = TMP / f"out_coreset_probe_{name}"
+        print(f"[coreset probe] running {name} ...", flush=True)
+        run = run_side(cmd + common + ["--out", str(out)], env, args.max_rss_gb, TMP / f"coreset_probe_{name}.log")
+        side = {"run": run}
+        if (out / "probe.json").exists() and run["returncode"] == 0:
+            side.update(json.loads((out / "probe.json").read_text()))
+        sides[name] = side
+        print(json.dumps(side), flush=True)
+    result = {"command": " ".join([Path(sys.executable).name, "bench/anomaly_bench.py", *sys.argv[1:]]),
+              "machine": {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+              "sides": sides, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    from defectlab.config import write_json
+
+    write_json(RESULTS / "anomaly_coreset_probe.json", result)
+
+
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
@@ -219,15 +275,14 @@ def prepare(dataset: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any
     train = index.select(split="train")
     test = index.select(split="test")
     n_available = len(train)
-    if args.max_train and len(train) > args.max_train:  # evenly spread, deterministic
-        keep = np.linspace(0, len(train) - 1, args.max_train).round().astype(int)
-        train = [train[i] for i in keep]
+    n_test_available = len(test)
+    train, test = _spread(train, args.max_train), _spread(test, args.max_test)
     size = (args.image_size, args.image_size)
-    tag = f"{dataset}_{args.image_size}_{args.resize}_{len(train)}"
+    tag = f"{dataset}_{args.image_size}_{args.resize}_t{len(test)}_n{len(train)}"
     cache = TMP / tag
-    facts = {"root": str(root), "n_train": len(train), "n_train_available": n_available, "n_test": len(test),
+    facts = {"root": str(root), "n_train": len(train), "n_train_available": n_available, "n_test": len(test), "n_test_available": n_test_available,
              "test_counts": {t: sum(r.defect_type == t for r in test) for t in sorted({r.defect_type for r in test})},
-             "image_size": list(size), "resize": args.resize, "train_subset": bool(args.max_train)}
+             "image_size": list(size), "resize": args.resize, "train_subset": bool(args.max_train), "test_subset": bool(args.max_test)}
     if (cache / "done").exists():
         return cache, facts
     transform = PairTransform(size, resize=args.resize)
@@ -235,7 +290,7 @@ def prepare(dataset: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any
     for old in cache.glob("*"):  # a half-written cache from an interrupted run
         old.unlink()
     write_array(cache / "test_boxes.i64", np.array([valid_box(r.path, size, args.resize) for r in test], dtype=np.int64))
-    reuse = _cached_test(f"{dataset}_{args.image_size}_{args.resize}_", cache)
+    reuse = _cached_test(f"{dataset}_{args.image_size}_{args.resize}_t{len(test)}_", cache)
     for split, records in (("train", train), ("test", test)):
         if split == "test" and reuse is not None:  # same test images, size and resize: link, don't redo
             for name in ("test.f32", "test_masks.u8", "test_labels.u8"):
@@ -256,6 +311,13 @@ def prepare(dataset: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any
         del images
     (cache / "done").write_text("ok")
     return cache, facts
+
+
+def _spread(records: list[Any], n: int) -> list[Any]:
+    """``n`` records evenly spread over the (sorted: grouped by defect type) list; all when n is 0."""
+    if not n or len(records) <= n:
+        return records
+    return [records[i] for i in np.linspace(0, len(records) - 1, n).round().astype(int)]
 
 
 def _cached_test(prefix: str, cache: Path) -> Path | None:
@@ -311,7 +373,7 @@ RATIO_KEYS = {  # key -> ours/anomalib is better when "lower" or "higher"
     "fit_s": "lower", "fit_cpu_s": "lower", "infer_ms_per_image_batch1": "lower",
     "infer_cpu_ms_per_image_batch1": "lower", "infer_ms_per_image_batched": "lower",
     "infer_cpu_ms_per_image_batched": "lower",
-    "peak_rss_mb": "lower", "image_auroc": "higher", "pixel_auroc": "higher", "pixel_aupro": "higher",
+    "peak_rss_mb": "lower", "peak_rss_over_baseline_mb": "lower", "image_auroc": "higher", "pixel_auroc": "higher", "pixel_aupro": "higher",
 }
 
 
@@ -327,7 +389,7 @@ def bench_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
               "--num-neighbours", str(args.num_neighbours), "--batch-size", str(args.batch_size),
               "--n-batch1", str(args.n_batch1), "--threads", str(args.threads), "--weights", str(weights)]
     sides: dict[str, dict[str, Any]] = {}
-    plan = [("defectlab", [sys.executable, str(Path(__file__).resolve()), "--worker", "ours"])]
+    plan = [] if args.skip_ours else [("defectlab", [sys.executable, str(Path(__file__).resolve()), "--worker", "ours"])]
     if not args.skip_anomalib:
         if not ANOMALIB_PYTHON.exists():
             raise SystemExit(f"anomalib venv missing: {ANOMALIB_PYTHON} (see bench/README.md to create it)")
@@ -374,11 +436,16 @@ def bench_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _value(side: dict[str, Any], key: str) -> float | None:
+    if key == "peak_rss_over_baseline_mb":  # working memory: peak minus RSS with libraries and model loaded
+        peak, base = side.get("peak_rss_mb"), side.get("rss_mb_before_fit")
+        return float(peak - base) if peak is not None and base is not None else None
     v = side.get(key, side.get("metrics", {}).get(key))
     return float(v) if v is not None else None
 
 
 def ratios(sides: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    if "defectlab" not in sides:
+        return {}
     if "anomalib_probe" in sides and "estimated_fit_s" in sides["anomalib_probe"]:
         ours = _value(sides["defectlab"], "fit_s")
         return {"fit_s_over_anomalib_estimate": ours / sides["anomalib_probe"]["estimated_fit_s"] if ours else None}
@@ -410,9 +477,32 @@ def print_summary(result: dict[str, Any]) -> None:
               f"{r.get('fit_s_over_anomalib_estimate') or float('nan'):.4f}")
 
 
+def markdown(path: Path) -> str:
+    """A Markdown table of one result file (for docs/benchmarks.md)."""
+    r = json.loads(Path(path).read_text())
+    sides = [s for s in ("defectlab", "anomalib") if s in r["sides"]]
+    d = r["data"]
+    lines = [f"`{r['command']}` ({r['date_utc']}; {d['n_train']} of {d.get('n_train_available', d['n_train'])} "
+             f"train images, {d['n_test']} test, {d['image_size'][0]} px {d['resize']}; load average "
+             f"{r['machine']['loadavg_start'][0]:.1f} at start, {r['machine']['loadavg_end'][0]:.1f} at end)", "",
+             "| | " + " | ".join(sides) + (" | ours/anomalib |" if len(sides) == 2 else " |"),
+             "|---|" + "---:|" * (len(sides) + (len(sides) == 2))]
+    for key in RATIO_KEYS:
+        vals = [_value(r["sides"][s], key) for s in sides]
+        if all(v is None for v in vals):
+            continue
+        cells = [f"{v:.4g}" if v is not None else "-" for v in vals]
+        ratio = ratios(r["sides"]).get(key)
+        lines.append(f"| {key} | " + " | ".join(cells) + (f" | {ratio:.3f} |" if ratio is not None else
+                                                           (" | - |" if len(sides) == 2 else " |")))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "coreset"], help=argparse.SUPPRESS)
+    p.add_argument("--coreset-probe", type=int, default=0, metavar="N",
+                   help="only time both coresets on N random 128-d patches (714 x 1600 = 1142400 is magnetic_tile)")
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
@@ -424,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="default: the runner's (RunConfig)")
     p.add_argument("--max-train", type=int, default=0,
                    help="use this many training images (evenly spread) on both sides; 0 = all")
+    p.add_argument("--max-test", type=int, default=0,
+                   help="use this many test images (evenly spread, so every defect type) on both sides; 0 = all")
     p.add_argument("--layers", nargs="+", default=["features.6", "features.13"])
     p.add_argument("--coreset-ratio", type=float, default=None, help="default: PatchCoreConfig's")
     p.add_argument("--num-neighbours", type=int, default=None, help="default: PatchCoreConfig's")
@@ -433,12 +525,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--malloc-arena-max", type=int, default=2)
     p.add_argument("--max-rss-gb", type=float, default=12.0, help="kill a side whose RSS passes this")
     p.add_argument("--skip-anomalib", action="store_true")
+    p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--anomalib-probe", type=int, default=0, metavar="STEPS",
                    help="instead of running anomalib's fit, estimate it (all features + STEPS timed greedy steps)")
     p.add_argument("--tag", default="", help="results go to bench/results/anomaly_<dataset>[_<tag>].json")
+    p.add_argument("--markdown", type=Path, nargs="+", help="print result files as Markdown tables and exit")
     args = p.parse_args(argv)
+    if args.markdown:
+        print("\n\n".join(markdown(f) for f in args.markdown))
+        return
     if args.worker == "ours":
         worker_ours(args)
+        return
+    if args.worker == "coreset":
+        worker_coreset_probe(args)
         return
     from defectlab.anomaly.patchcore import PatchCoreConfig
     from defectlab.anomaly.runner import RunConfig
@@ -450,6 +550,9 @@ def main(argv: list[str] | None = None) -> None:
     args.resize = args.resize or run_defaults.resize
     args.coreset_ratio = args.coreset_ratio if args.coreset_ratio is not None else pc_defaults.coreset_ratio
     args.num_neighbours = args.num_neighbours if args.num_neighbours is not None else pc_defaults.num_neighbours
+    if args.coreset_probe:
+        coreset_probe(args)
+        return
     for dataset in args.dataset:
         print_summary(bench_dataset(dataset, args))
 

@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--freeze", type=int, default=2, help="freeze the first k of mobilenet_v2's 5 stages")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core box")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "tmp" / "classify_neu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,7 +49,8 @@ def main() -> None:
     row = run_experiment(cfg, args.out, index=index)[0]
     folds = [json.loads((args.out / row["attempt"] / f"fold{k}" / "result.json").read_text()) for k in range(args.folds)]
     result = {
-        "command": "bench/classify_neu.py " + " ".join(f"--{k} {v}" for k, v in (("size", args.size), ("epochs", args.epochs), ("freeze", args.freeze))),
+        "command": f"bench/classify_neu.py --size {args.size} --epochs {args.epochs} --freeze {args.freeze} "
+                   f"--threads {args.threads}",
         "dataset": {"images": len(index.records), "classes": {c: n for c, n in index.counts()["all"].items()}},
         "model": row["model"], "weights": row["weights"], "freeze": args.freeze, "train": train, "folds": args.folds,
         "test_acc_mean": row["test_acc"], "test_acc_std": row["test_acc_std"],

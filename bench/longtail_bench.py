@@ -189,14 +189,17 @@ def summarise(per_seed: list[dict], methods: list[str], classes: list[str]) -> d
 
 
 def plot(summary: dict, train_counts: dict[str, int], path: Path, title: str) -> None:
+    best = max(summary, key=lambda n: summary[n]["balanced_accuracy"]["mean"])
     classes = sorted(train_counts, key=lambda c: -train_counts[c])
     x = [train_counts[c] for c in classes]
     fig, ax = plt.subplots(figsize=(9, 5))
     cmap = plt.get_cmap("tab20")
     for i, (name, s) in enumerate(summary.items()):
         y = [s["per_class_recall"][c]["mean"] for c in classes]
-        lw, ls = (2.5, "-") if name == "ce" else (1.2, "-" if i < 10 else "--")
-        ax.plot(x, y, marker="o", lw=lw, ls=ls, color="black" if name == "ce" else cmap(i), label=name, alpha=0.9)
+        lw, ls = (2.5, "-") if name in ("ce", best) else (1.0, "-" if i < 10 else "--")
+        color = "black" if name == "ce" else "crimson" if name == best else cmap(i)
+        label = f"{name} (best)" if name == best else name
+        ax.plot(x, y, marker="o", lw=lw, ls=ls, color=color, label=label, alpha=0.9)
     ax.set_xscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{c}\n({n})" for c, n in zip(classes, x)], fontsize=7)
@@ -215,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dataset", choices=["neu", "magnetic_tile"])
     ap.add_argument("--methods", nargs="+", default=list(SPECS), choices=list(SPECS))
     ap.add_argument("--seeds", nargs="+", type=int, default=list(D.SEEDS))
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the saved JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        saved = json.loads((RESULTS / f"longtail_{args.dataset}.json").read_text())
+        plot(saved["summary"], saved["train_counts"], RESULTS / f"longtail_{args.dataset}_recall.png",
+             f"{args.dataset}: per-class recall vs training class size")
+        return 0
     torch.set_num_threads(1)  # a small head: one thread; two are ~20x slower on the shared, loaded CPU
     t0 = time.perf_counter()
     feats = D.load_features(args.dataset)

@@ -33,7 +33,7 @@ DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 
 
 def summary(m: dict) -> dict:
-    keep = {k: m[k] for k in ("threshold", "mean_iou", "mean_dice", "pixel_auroc", "aupro", "good") if k in m}
+    keep = {k: m[k] for k in ("threshold", "mean_iou", "mean_dice", "pixel_auroc", "aupro", "good", "oracle") if k in m}
     keep["per_type"] = {t: {k: round(v[k], 4) for k in ("n", "iou", "dice", "per_image_iou", "detected")}
                         for t, v in m["per_type"].items()}
     if "class_aware" in m:

@@ -4,11 +4,13 @@ Greedy k-center picks, one at a time, the point farthest from those already pick
 covers rare patches that random subsampling would drop. Distances are taken after a fixed Gaussian
 random projection to ``proj_dim`` dimensions (Johnson-Lindenstrauss; the paper uses 128).
 
-Exact greedy costs ``k * N * d`` and holds all N features: at 700 images x 1024 patches that is minutes on a
-CPU. ``StreamingCoreset`` runs it in two stages: features arrive in chunks (a few images at a time); each
-full chunk of ``chunk_size`` patches is reduced by greedy selection to ``oversample * ratio`` of itself,
-and the survivors (``oversample`` times the final size) go through a final greedy pass to the target
-``ratio * N``. Memory is one chunk plus the survivors; the result is a k-center cover of a cover.
+Exact greedy costs ``k * N * d`` and holds all N features: at 700 images x 1500 patches that is tens of
+minutes on a CPU. ``StreamingCoreset`` runs it in two stages: features arrive a few images at a time;
+each full chunk of ``chunk_size`` patches is reduced by greedy selection to a fraction
+``f = max(ratio, min(oversample * ratio, 0.05))`` of itself (oversampling only while it stays cheap);
+the survivors then go through a final greedy pass to the target ``k = ratio * N`` (exact when they are at
+most ``final_rows``, else chunked again). Memory is one chunk plus the survivors; time is about
+``f * N * chunk_size * d``, linear in N.
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ class StreamingCoreset:
     """Feed (n, D) feature rows with ``add``; ``finish(progress)`` returns the selected rows."""
 
     def __init__(self, ratio: float, dim: int, *, proj_dim: int = 128, chunk_size: int = 16384,
-                 oversample: float = 4.0, seed: int = 0) -> None:
-        self.ratio, self.chunk_size, self.oversample = ratio, chunk_size, oversample
+                 oversample: float = 4.0, final_rows: int = 65536, seed: int = 0) -> None:
+        self.ratio, self.chunk_size, self.final_rows = ratio, chunk_size, final_rows
+        self.keep = min(1.0, max(ratio, min(oversample * ratio, 0.05)))
         self.gen = torch.Generator().manual_seed(seed)
         self.proj = None if proj_dim >= dim else torch.randn(dim, proj_dim, generator=self.gen) / math.sqrt(proj_dim)
         self.pending: list[torch.Tensor] = []
@@ -95,8 +98,7 @@ class StreamingCoreset:
             return
         chunk = torch.cat(self.pending)
         self.pending, self.n_pending = [], 0
-        k = math.ceil(min(1.0, self.oversample * self.ratio) * chunk.shape[0])
-        self.kept.append(self._reduce(chunk, k))
+        self.kept.append(self._reduce(chunk, math.ceil(self.keep * chunk.shape[0])))
 
     def finish(self, progress: bool = False) -> torch.Tensor:
         if self.ratio >= 1:
@@ -108,4 +110,11 @@ class StreamingCoreset:
         k = max(1, math.ceil(self.ratio * self.n_seen))
         if k >= pool.shape[0]:
             return pool
-        return self._reduce(pool, k, desc=f"coreset of {pool.shape[0]}" if progress else None)
+        if pool.shape[0] <= self.final_rows:
+            return self._reduce(pool, k, desc=f"coreset of {pool.shape[0]}" if progress else None)
+        frac = k / pool.shape[0]  # too many survivors for one exact pass: chunked again, to k in all
+        parts = pool.split(self.chunk_size)
+        sizes = [math.floor(frac * len(p)) for p in parts]
+        for i in range(k - sum(sizes)):
+            sizes[i % len(sizes)] += 1
+        return torch.cat([self._reduce(p, n) for p, n in zip(parts, sizes)])

@@ -10,10 +10,12 @@ images (from ``defectlab data split`` manifests) are used for the thresholds ins
 ``test`` split is evaluated; pixel metrics compare maps mapped back to the original image size with the
 original masks (letterbox padding never counts).
 
-Defaults and why (set without test labels): ``image_size=320, resize="letterbox"``. Inspection images
-are often elongated and small defects (cracks, pores) span a few pixels: letterbox keeps the aspect ratio
-(squashing a 1:2.6 image stretches cracks into other shapes), and 320 px keeps more of the resolution of
-typical 200-600 px images than the usual 224/256 while staying fast on a CPU with a light backbone.
+Defaults and why (set without test labels): ``resize="letterbox"``, ``image_size=256``. Letterbox keeps
+the aspect ratio (inspection crops are often elongated: magnetic_tile's are 103-617 px wide), so thin
+defects keep their shape, and one fixed input size keeps every image's patch count equal, so the
+max-over-patches image score has no image-size bias (``native``, one scale factor and variable sizes,
+was measured much worse at the image level for that reason: docs/anomaly.md). 256 px is the usual
+PatchCore resolution and keeps CPU inference fast.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ class RunConfig:
     data: str = ""  # dataset folder: an MVTec category, a folder layout with splits, or manifests
     model: str = "patchcore"  # a name in defectlab.anomaly.ANOMALY_MODELS
     options: dict[str, Any] = field(default_factory=dict)  # the method's own Config (backbone, weights, ...)
-    image_size: int | tuple[int, int] = 320  # model input (H, W); an int means square
-    resize: str = "letterbox"  # squash | letterbox | crop
+    image_size: int | tuple[int, int] = 256  # model input (H, W); an int means square ("native": see there)
+    resize: str = "letterbox"  # letterbox | squash | crop | native (one scale factor, sizes vary)
     holdout: float = 0.1  # fraction of train/good kept aside for the deployable threshold
     quantile: float = 0.99  # deployable threshold = this quantile of held-out good scores
     batch_size: int = 16
@@ -70,13 +72,11 @@ def _loader(records: Sequence[SampleRecord], preprocess: Preprocess, cfg: RunCon
 
 
 def resolve_resize(resize: str, model: AnomalyModel) -> str:
-    """``auto``: ``native`` for methods that take any input size, ``letterbox`` for fixed-grid ones."""
-    if resize == "auto":
-        return "letterbox" if model.fixed_input else "native"
+    """Check the resize mode against the method (fixed-grid methods cannot take ``native``)."""
     if resize == "native" and model.fixed_input:
         raise ConfigError(f"{model.name} needs one input size for all images: use --resize letterbox, squash or crop")
     if resize not in ("native", "squash", "letterbox", "crop"):
-        raise ConfigError(f"unknown resize mode '{resize}'; known: auto, native, letterbox, squash, crop")
+        raise ConfigError(f"unknown resize mode '{resize}'; known: letterbox, squash, crop, native")
     return resize
 
 
@@ -125,6 +125,8 @@ def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
         out = model.predict(batch.image)
         scores += out.scores.tolist()
         map_max += out.maps.flatten(1).max(1).values.tolist()
+    if len(hold_recs) < 10:
+        log.warning("only %d good images set the deployable threshold: expect it to be rough", len(scored))
     source = f"{len(hold_recs)} held-out good images" if hold_recs else \
         f"the {len(fit_recs)} training images themselves (no hold-out: optimistic, expect more false alarms)"
     det.thresholds = Thresholds(threshold_from_good(scores, cfg.quantile), threshold_from_good(map_max, cfg.quantile),

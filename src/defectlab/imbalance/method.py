@@ -3,15 +3,16 @@
 A *method* changes the model, the loss and how logits are read out. The trainer uses it like this
 (``plain`` reproduces ordinary training with any loss of ``LOSSES``)::
 
+    check_options(cfg.method, cfg.method_params, loss=..., sampler=...)  # names and parameter names
     method = build_method(cfg.method, cfg.method_params, loss=cfg.loss, loss_params=cfg.loss_params)
     model = method.wrap_model(model, num_classes, class_counts)  # before the optimizer is built
-    train_tf = method.wrap_transform(train_tf)                  # training set only
     ...
     outputs = model(images)                  # train mode: whatever the method needs
     loss = method.loss(outputs, targets)     # scalar
     logits = method.predict_logits(outputs)  # (B, C), for accuracy / predictions
 
-Contract, so that checkpoints, evaluation, prediction and export need nothing method-specific:
+(``defectlab.classify.train`` does exactly this.) Contract, so that checkpoints, evaluation, prediction
+and export need nothing method-specific:
 
 * the wrapped model is one ``nn.Module`` holding every trainable parameter and buffer (the optimizer
   and ``state_dict`` cover it); rebuild it for prediction with the same ``wrap_model`` call (so keep
@@ -19,9 +20,10 @@ Contract, so that checkpoints, evaluation, prediction and export need nothing me
 * in **eval mode** the wrapped model returns plain ``(B, C)`` logits for ``(B, 3, H, W)`` images
   (``predict_logits`` is then the identity and ``loss`` still works, e.g. for a validation loss);
 * in **train mode** it may return a richer structure (BCL: projections and prototypes);
-* a method with ``views == 2`` (BCL) wants two augmented views of every training image:
-  ``wrap_transform`` turns the training transform into one whose image is ``(2, 3, H, W)``, so the
-  batch is ``(B, 2, 3, H, W)``; labels stay ``(B,)``. The wrapped model accepts 4-D and 5-D input.
+* a method with ``views == 2`` (BCL) wants two augmented views of every training image as a
+  ``(B, 2, 3, H, W)`` batch (labels stay ``(B,)``); the classify trainer stacks two independent batch
+  augmentations, a per-sample pipeline can use ``wrap_transform`` (``TwoViews``: image ``(2, 3, H, W)``).
+  The wrapped model accepts 4-D and 5-D input (and ``(B, D)`` / ``(B, V, D)`` feature vectors).
 """
 
 from __future__ import annotations

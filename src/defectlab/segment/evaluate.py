@@ -16,7 +16,7 @@ import numpy as np
 from defectlab.data.dataset import load_pair
 from defectlab.data.index import GOOD, SampleRecord
 from defectlab.errors import BadInputError
-from defectlab.metrics import (MetricInputError, aupro, binary_dice, binary_iou, per_class_dice,
+from defectlab.metrics import (MetricInputError, aupro, binary_dice, binary_iou, f1_max, per_class_dice,
                                per_class_iou, pixel_auroc)
 
 
@@ -67,9 +67,14 @@ def evaluate_maps(maps: Sequence[np.ndarray], records: Sequence[SampleRecord], t
         out["good"] = {"n": len(good),
                        "images_with_false_alarm": float(np.mean([preds[i].any() for i in good])),
                        "false_pixel_rate": float(_flat([preds[i] for i in good]).mean())}
+    fmaps = [np.asarray(m, dtype=np.float32) for m in maps]
     try:
-        out["pixel_auroc"] = pixel_auroc(list(gts), [np.asarray(m, dtype=np.float32) for m in maps])
-        out["aupro"] = aupro(list(gts), [np.asarray(m, dtype=np.float32) for m in maps], fpr_limit=fpr_limit)
+        out["pixel_auroc"] = pixel_auroc(list(gts), fmaps)
+        out["aupro"] = aupro(list(gts), fmaps, fpr_limit=fpr_limit)
+        # upper bound, tuned on these labels (not deployable): the best pooled Dice (= pixel F1) over
+        # all images incl. good ones, and its threshold
+        f1, thr = f1_max(list(gts), fmaps)
+        out["oracle"] = {"threshold": float(thr), "dice_all": float(f1), "iou_all": float(f1 / (2.0 - f1))}
     except MetricInputError as exc:  # e.g. no defect pixel at all in the test set
         out["pixel_auroc"] = out["aupro"] = None
         out["pixel_metrics_note"] = str(exc)

@@ -70,7 +70,7 @@ def main() -> None:
         return out.pred_score.numpy(), out.anomaly_map[:, 0].numpy()
 
     timed_run(args.cache, args.out, fit, predict, batch_size=args.batch_size, n_batch1=args.n_batch1,
-              extra={"side": "anomalib", "anomalib": anomalib.__version__, "torch": torch.__version__,
+              extra=lambda: {"side": "anomalib", "anomalib": anomalib.__version__, "torch": torch.__version__,
                      "summary": {"memory_bank": list(model.memory_bank.shape)}})
 
 

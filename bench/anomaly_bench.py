@@ -103,11 +103,12 @@ def timed_run(
     *,
     batch_size: int,
     n_batch1: int,
-    extra: dict[str, Any],
+    extra: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
     """Fit on ``cache/train.f32``, predict ``cache/test.f32``; timings, RSS and outputs to ``out``.
 
-    ``predict(images) -> (scores (B,), maps (B, H, W))`` as numpy arrays.
+    ``predict(images) -> (scores (B,), maps (B, H, W))`` as numpy arrays; ``extra()`` (called at the end,
+    after the fit) adds facts about the fitted model.
     """
     rss_ready = rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -151,7 +152,7 @@ def timed_run(
         "peak_rss_mb": peak_rss_mb(),
         "n_train": array_info(cache / "train.f32")[0][0],
         "n_test": n_test,
-        **extra,
+        **extra(),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -190,7 +191,7 @@ def worker_ours(args: argparse.Namespace) -> None:
         return out.scores.numpy(), out.maps.numpy()
 
     timed_run(args.cache, args.out, fit, predict, batch_size=args.batch_size, n_batch1=args.n_batch1,
-              extra={"side": "defectlab", "torch": torch.__version__, "summary": _jsonable(model.summary())})
+              extra=lambda: {"side": "defectlab", "torch": torch.__version__, "summary": _jsonable(model.summary())})
 
 
 def worker_coreset_probe(args: argparse.Namespace) -> None:

@@ -55,7 +55,7 @@ SPECS: dict[str, dict] = {
     "class_balanced_sampler": {"sampler": "class_balanced"},
     "sqrt_sampler": {"sampler": "sqrt"},
     "bcl": {"method": "bcl"},
-    "group_softmax": {"method": "group_softmax"},
+    "group_softmax": {"method": "group_softmax", "method_params": {"seed": 0}},  # own generator for "others"
     "smote": {"oversample": "smote"},
     "deepsmote": {"oversample": "deepsmote"},
 }
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(SPECS), choices=list(SPECS))
     ap.add_argument("--seeds", nargs="+", type=int, default=list(D.SEEDS))
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from the saved JSON")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
     if args.replot:
         saved = json.loads((RESULTS / f"longtail_{args.dataset}.json").read_text())
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(per_seed, args.methods, classes)
     base = summary["ce"]["balanced_accuracy"]["mean"] if "ce" in summary else None
     best = max(summary, key=lambda n: summary[n]["balanced_accuracy"]["mean"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_dir = args.out or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "command": "python bench/longtail_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "dataset": args.dataset, "classes": classes, "seeds": args.seeds,
@@ -249,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         "per_seed": per_seed, "seconds_total": time.perf_counter() - t0, "loadavg": list(os.getloadavg()),
         "torch_threads": torch.get_num_threads(),
     }
-    write_json(RESULTS / f"longtail_{args.dataset}.json", result)
+    write_json(out_dir / f"longtail_{args.dataset}.json", result)
     title = f"{args.dataset}: per-class recall vs training class size"
-    plot(summary, per_seed[0]["train_counts"], RESULTS / f"longtail_{args.dataset}_recall.png", title)
+    plot(summary, per_seed[0]["train_counts"], out_dir / f"longtail_{args.dataset}_recall.png", title)
     print(f"best {best}: BA {summary[best]['balanced_accuracy']['mean']:.3f}; "
           f"gain over ce {result['best_gain_over_ce_points']:.1f} points")
     return 0

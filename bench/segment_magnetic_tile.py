@@ -33,7 +33,8 @@ DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 
 
 def summary(m: dict) -> dict:
-    keep = {k: m[k] for k in ("threshold", "mean_iou", "mean_dice", "pixel_auroc", "aupro", "good", "oracle") if k in m}
+    wanted = ("threshold", "mean_iou", "mean_dice", "pixel_auroc", "aupro", "good", "oracle")
+    keep = {k: m[k] for k in wanted if k in m}
     keep["per_type"] = {t: {k: round(v[k], 4) for k in ("n", "iou", "dice", "per_image_iou", "detected")}
                         for t, v in m["per_type"].items()}
     if "class_aware" in m:
@@ -107,6 +108,9 @@ def main() -> int:
     if not (args.reuse and (run / "model.pt").is_file()):
         fit_run(data, run, cfg)
     fit_s = time.time() - t0
+    history = json.loads((run / "history.json").read_text())
+    if args.reuse:  # the run was fitted by an earlier call with the same options: its epoch times
+        fit_s = sum(h["seconds"] for h in history)
     load["after_fit"] = os.getloadavg()
     t0 = time.time()
     unet = test_run(run, n_overlays=3)
@@ -120,7 +124,7 @@ def main() -> int:
         "split": {k: {t: sum(r["defect_type"] == t for r in v) for t in sorted({r["defect_type"] for r in v})}
                   for k, v in split.items()},
         "unet": {"config": to_dict(cfg), "fit_seconds": round(fit_s, 1), "test_seconds": round(test_s, 1),
-                 "final_loss": json.loads((run / "history.json").read_text())[-1]["loss"], **summary(unet)},
+                 "loss_per_epoch": [round(h["loss"], 4) for h in history], **summary(unet)},
     }
     anomaly_run = args.anomaly_run
     if anomaly_run is None and args.fit_patchcore:

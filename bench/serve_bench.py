@@ -17,7 +17,10 @@
    then the same number 8 at a time to each alone (throughput, and latency under queueing).
 
 Every process uses 2 threads (torch.set_num_threads / OMP / onnxruntime intra-op); the load average at start
-and end is recorded: the machine is shared, so treat numbers taken under load as upper bounds.
+and end is recorded: the machine is shared, so treat wall-clock numbers taken under load as upper bounds.
+CPU time is recorded too (``cpu_ms_per_image`` of ``inspect``: the bench process, all threads;
+``server_cpu_ms_per_request``: the server process over the sequential phase): it is far less sensitive to
+the other processes on the machine than wall time.
 Writes ``bench/results/serve_<dataset>.json``.
 """
 
@@ -104,17 +107,17 @@ def bench_inspect(run: Path, folder: Path, engine: str, heatmaps: bool) -> tuple
     from defectlab.inspect.engine import load_engine
 
     model = OnnxDetector.load(run, threads=THREADS) if engine == "onnx" else load_engine(run, "torch")
-    tag = f"{engine}{'_heat' if heatmaps else ''}"
+    tag = f"{folder.name}_{os.getpid()}_{engine}{'_heat' if heatmaps else ''}"  # runs side by side don't collide
     out = TMP / f"serve_inspect_{tag}.csv"
     out.unlink(missing_ok=True)
     heat = TMP / f"serve_heat_{tag}" if heatmaps else None
     model.predict_images(find_images(folder)[:8])  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     s = inspect_folder(model, folder, out, heatmaps=heat, batch_size=8, progress=False)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     scores = {r["path"]: float(r["score"]) for r in csv.DictReader(open(out)) if r["score"]}
     return {"images": s.total, "errors": s.errors, "seconds": round(dt, 2), "images_per_s": round(s.total / dt, 2),
-            "heatmaps": heatmaps, "defects": s.defects}, scores
+            "cpu_ms_per_image": round(1000 * cpu / s.total, 1), "heatmaps": heatmaps, "defects": s.defects}, scores
 
 
 class Server:
@@ -141,6 +144,11 @@ class Server:
                     self.close()
                     raise SystemExit(f"server ({engine}) did not start")
                 time.sleep(0.3)
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads) the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -170,11 +178,13 @@ def bench_servers(run: Path, folder: Path, n: int) -> dict[str, Any]:
                 for e in servers:
                     one(e, i)
             seq: dict[str, list[float]] = {e: [] for e in servers}
+            cpu0 = {e: srv.cpu_s() for e, srv in servers.items()}
             for i in range(n):
                 for e in (("torch", "onnx") if i % 2 else ("onnx", "torch")):
                     seq[e].append(one(e, i))
             for e in servers:
-                out[e]["sequential"] = _pct(seq[e])
+                cpu_ms = round(1000 * (servers[e].cpu_s() - cpu0[e]) / n, 1)
+                out[e]["sequential"] = {**_pct(seq[e]), "server_cpu_ms_per_request": cpu_ms}
                 t0 = time.perf_counter()
                 with ThreadPoolExecutor(8) as pool:
                     conc = list(pool.map(lambda i, e=e: one(e, i), range(n)))

@@ -216,10 +216,20 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
 
     def fit(self, train: ImageSet, val: ImageSet) -> Trainer:
+        """Train (or resume); torch's process-wide determinism flags are restored afterwards."""
+        saved = (torch.are_deterministic_algorithms_enabled(),
+                 torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+        torch.use_deterministic_algorithms(self.train_cfg.deterministic, warn_only=True)
+        torch.backends.cudnn.benchmark = not self.train_cfg.deterministic
+        try:
+            return self._fit(train, val)
+        finally:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+            torch.backends.cudnn.benchmark = saved[2]
+
+    def _fit(self, train: ImageSet, val: ImageSet) -> Trainer:
         cfg, out = self.train_cfg, self.out_dir
         out.mkdir(parents=True, exist_ok=True)
-        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-        torch.backends.cudnn.benchmark = not cfg.deterministic
         device = resolve_device(cfg.device)
         counts = torch.bincount(train.labels, minlength=len(self.classes)).tolist()
         setup = build_setup(self.model_cfg, cfg, self.classes, counts)

@@ -87,13 +87,14 @@ class GroupSoftmaxMethod(Method):
     name = "group_softmax"
 
     def __init__(self, *, groups: Sequence[Sequence[int]] | None = None, bins: Sequence[int] = (10, 100, 1000),
-                 others_ratio: float = 8.0, seed: int = 0) -> None:
+                 others_ratio: float = 8.0, seed: int | None = None) -> None:
         if others_ratio <= 0:
             raise ConfigError(f"group_softmax: others_ratio must be > 0, got {others_ratio}")
         self.groups_param = groups
         self.bins = tuple(bins)
         self.others_ratio = float(others_ratio)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        # None: torch's global generator, which the trainer seeds per epoch (resume stays exact)
+        self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.groups: list[list[int]] = []
         self._model: GroupSoftmaxModel | None = None
 

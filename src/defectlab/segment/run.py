@@ -107,7 +107,8 @@ def anomaly_test_run(run: str | Path, records: list[SampleRecord], *, threshold:
 
 
 def test_run(run: str | Path, data: str | Path | None = None, *, n_overlays: int = 4,
-             split_from: str | Path | None = None, threshold: float | None = None) -> dict[str, Any]:
+             split_from: str | Path | None = None, threshold: float | None = None,
+             batch_size: int = 8) -> dict[str, Any]:
     """Evaluate a segmentation run, or an anomaly run (``detector.json``) on the same footing.
 
     Images: ``split_from`` (a segmentation run: its held-out images, so both methods see the same ones),
@@ -126,16 +127,18 @@ def test_run(run: str | Path, data: str | Path | None = None, *, n_overlays: int
     if not records:
         raise BadInputError(run, "no test images")
     probs, masks = [], []
-    for r in tqdm(records, desc="segment test", leave=False):
-        image, mask = load_pair(r)
-        probs.append(seg.predict_proba([image])[0])
-        masks.append(mask)
-        shown = sum(1 for q in records[: len(probs) - 1] if q.defect_type == r.defect_type)
-        if shown < n_overlays:
-            pred = probs[-1].max(axis=0) > seg.config.threshold
-            dest = run / "overlays" / r.defect_type / f"{r.path.stem}.png"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            mask_overlay(image, pred, mask).save(dest)
+    shown: dict[str, int] = {}
+    for i in tqdm(range(0, len(records), batch_size), desc="segment test", leave=False):
+        chunk = records[i : i + batch_size]
+        pairs = [load_pair(r) for r in chunk]
+        for r, (image, mask), prob in zip(chunk, pairs, seg.predict_proba([p[0] for p in pairs])):
+            probs.append(prob)
+            masks.append(mask)
+            if shown.get(r.defect_type, 0) < n_overlays:
+                shown[r.defect_type] = shown.get(r.defect_type, 0) + 1
+                dest = run / "overlays" / r.defect_type / f"{r.path.stem}.png"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                mask_overlay(image, prob.max(axis=0) > seg.config.threshold, mask).save(dest)
     multi = seg.config.mode == "multi"
     metrics = evaluate_maps([p.max(axis=0) for p in probs], records, seg.config.threshold, masks=masks,
                             class_maps=probs if multi else None, classes=seg.classes_ if multi else None)

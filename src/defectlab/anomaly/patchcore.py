@@ -55,13 +55,12 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
             max_elems: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance and index of each query row's nearest bank row, in bounded-memory chunks."""
     step = max(1, max_elems // max(1, bank.shape[0]))
-    dists, idx = [], []
-    for q in queries.split(step):
-        d2 = (q * q).sum(1, keepdim=True) - 2 * (q @ bank.T) + bank_sq
-        d, i = d2.min(dim=1)
-        dists.append(d.clamp_min_(0).sqrt_())
-        idx.append(i)
-    return torch.cat(dists), torch.cat(idx)
+    idx = []
+    for q in queries.split(step):  # ||q||^2 is the same for every bank row: leave it out of the argmin
+        idx.append(torch.addmm(bank_sq, q, bank.T, alpha=-2.0).argmin(dim=1))
+    index = torch.cat(idx)
+    # exact distances to the chosen rows (the expanded form loses precision when norms are large)
+    return torch.linalg.vector_norm(queries - bank[index], dim=1), index
 
 
 @ANOMALY_MODELS.register("patchcore")

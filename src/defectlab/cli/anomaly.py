@@ -44,7 +44,7 @@ def fit(
     weights: Optional[str] = typer.Option(None, help="imagenet (default, found offline) | none | FILE."),
     image_size: Optional[int] = typer.Option(None, help="Model input size in pixels (default 256)."),
     resize: Optional[str] = typer.Option(None, help="letterbox (default) | squash | crop | native."),
-    coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.1)."),
+    coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.01)."),
     holdout: Optional[float] = typer.Option(None, help="Fraction of train/good kept for the threshold (0.1)."),
     quantile: Optional[float] = typer.Option(None, help="Deployable threshold quantile of held-out scores (0.99)."),
     batch_size: Optional[int] = typer.Option(None),

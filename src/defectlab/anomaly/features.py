@@ -53,7 +53,7 @@ def patch_embedding(feats: dict[str, torch.Tensor], *, neighbourhood: int = 3,
     out = []
     for f in maps:
         if neighbourhood > 1:
-            f = F.avg_pool2d(f, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=False)
+            f = F.avg_pool2d(f, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=True)
         if f.shape[-2:] != (h, w):
             f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
         out.append(f)

@@ -321,8 +321,8 @@ def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cach
         "test_acc": metrics["accuracy"], "balanced_acc": metrics["balanced_accuracy"], "macro_f1": metrics["macro_f1"],
         "per_class_recall": {c: m["recall"] for c, m in metrics["per_class"].items()},
         "never_predicted": metrics["never_predicted"],
-        "train_seconds": trainer.train_seconds_, "params": setup.classifier.n_params(),
-        "trainable_params": setup.classifier.n_params(trainable=True),
+        "train_seconds": trainer.train_seconds_, "params": sum(p.numel() for p in setup.model.parameters()),
+        "trainable_params": sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
         "infer_ms": inference_ms(setup.model, x), "n_train": len(train), "n_val": len(val), "n_test": len(test),
         "class_counts": trainer.class_counts_, "metrics": metrics, "history": history,
     }

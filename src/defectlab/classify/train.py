@@ -126,10 +126,9 @@ def check_config(cfg: TrainConfig) -> None:
     if not cfg.lr > 0 or cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1 or cfg.patience < 0:
         raise ConfigError("train: need lr > 0, weight_decay >= 0, 0 <= label_smoothing < 1, patience >= 0")
     resolve_device(cfg.device)
-    imbalance = _imbalance()
-    imbalance.method.METHODS.get(cfg.method)
-    imbalance.losses.LOSSES.get(cfg.loss)
-    imbalance.samplers.SAMPLERS.get(cfg.sampler)
+    _imbalance().method.check_options(cfg.method, cfg.method_params, loss=cfg.loss,
+                                      loss_params=_loss_params(cfg), sampler=cfg.sampler,
+                                      sampler_params=cfg.sampler_params)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,11 +151,16 @@ def _imbalance() -> Any:
     return defectlab.imbalance
 
 
-def build_method(cfg: TrainConfig) -> Any:
+def _loss_params(cfg: TrainConfig) -> dict[str, Any]:
     loss_params = dict(cfg.loss_params)
     if cfg.label_smoothing > 0:
         loss_params.setdefault("label_smoothing", cfg.label_smoothing)
-    return _imbalance().method.build_method(cfg.method, cfg.method_params, loss=cfg.loss, loss_params=loss_params)
+    return loss_params
+
+
+def build_method(cfg: TrainConfig) -> Any:
+    return _imbalance().method.build_method(cfg.method, cfg.method_params, loss=cfg.loss,
+                                            loss_params=_loss_params(cfg))
 
 
 def save_atomic(obj: Any, path: Path) -> None:

@@ -22,26 +22,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from defectlab.cli import data, demo
+    from defectlab.cli import anomaly, classify, data, demo, export, inspect, segment, serve
 
     app.add_typer(data.app, name="data")
-    from defectlab.cli import anomaly
-
-    app.add_typer(anomaly.app, name="anomaly")
-    app.command("demo")(demo.demo)
-    from defectlab.cli import export
-
-    app.add_typer(export.app, name="export")
-    from defectlab.cli import segment
-
-    app.add_typer(segment.app, name="segment")
-    from defectlab.cli import classify
-
     app.add_typer(classify.app, name="classify")
-    from defectlab.cli import inspect, serve
-
+    app.add_typer(anomaly.app, name="anomaly")
+    app.add_typer(segment.app, name="segment")
+    app.add_typer(export.app, name="export")
     app.command("inspect")(inspect.inspect)
     app.command("serve")(serve.serve)
+    app.command("demo")(demo.demo)
 
 
 _register()

@@ -1,0 +1,62 @@
+"""PatchCore (or another method) on magnetic_tile through the library's own model API, one config per run.
+
+    python bench/patchcore_magnetic_tile.py SIZE MODE '{"coreset_ratio": 0.01}'   # MODE: letterbox|squash|crop|native
+    SUB=2 (every 2nd test image), THREADS=2, DATA=path/to/category, TAG=_suffix (output file name)
+
+Fits on all of train/good, evaluates every test image with the maps mapped back to the original size
+(letterbox padding never counts), prints per-defect-type image/pixel AUROC and AUPRO, and writes
+bench/results/patchcore_magnetic_tile_<SIZE>_<MODE>.json (with the load average at the end).
+"""
+import sys, time, os, json, numpy as np, torch
+from pathlib import Path
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+from torch.utils.data import DataLoader
+from defectlab.data.index import open_dataset
+from defectlab.data.dataset import DefectDataset
+from defectlab.data.transforms import PairTransform
+from defectlab.data.io import load_mask, read_info
+from defectlab.anomaly import build_model
+from defectlab.anomaly.geometry import map_to_original
+from PIL import Image
+from defectlab.metrics import anomaly_metrics
+import torch.nn.functional as F
+
+size = int(sys.argv[1]); mode = sys.argv[2]; opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+sub = int(os.environ.get("SUB", "1"))
+idx = open_dataset(os.environ.get("DATA", str(Path(__file__).resolve().parents[2] / "shared/data/magnetic_tile")))
+train = idx.select(split="train"); test = idx.select(split="test")[::sub]
+model = build_model(opts.pop("model", "patchcore"), opts)
+tf = PairTransform(size, resize=mode, mean=model.mean, std=model.std) if mode != "native" else None
+bs = 16
+if mode == "native":
+    import torchvision.transforms.v2.functional as TF
+    def tf(img, mask, _s=size / 330.0):
+        if abs(_s - 1) > 1e-3:
+            img = img.resize((max(1, round(img.width * _s)), max(1, round(img.height * _s))), Image.BILINEAR)
+        x = TF.normalize(TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True), model.mean, model.std)
+        return x, torch.zeros(1, img.height, img.width)
+    bs = 1
+    mode = "squash"
+t0 = time.time()
+model.fit(DataLoader(DefectDataset(train, tf), batch_size=bs, num_workers=0))
+fit_s = time.time() - t0
+print("fit", fit_s, model.summary(), flush=True)
+labels, scores, masks, maps, types = [], [], [], [], []
+t0 = time.time(); t_pred = 0
+for s in DataLoader(DefectDataset(test, tf), batch_size=bs):
+    t1 = time.time(); out = model.predict(s.image); t_pred += time.time() - t1
+    for i, p in enumerate(s.path):
+        info = read_info(p); hw = (info.height, info.width)
+        rec = next(r for r in test if str(r.path) == p)
+        m = load_mask(rec.mask_path, size=(info.width, info.height)) if rec.mask_path else np.zeros(hw, bool)
+        masks.append(m); maps.append(map_to_original(out.maps[i], hw, mode))
+        labels.append(int(s.label[i])); scores.append(float(out.scores[i])); types.append(s.defect_type[i])
+res = anomaly_metrics(np.array(labels), np.array(scores), masks, maps)
+for d in sorted(set(types) - {"good"}):
+    sel = [i for i, t in enumerate(types) if t in (d, "good")]
+    m = anomaly_metrics(np.array(labels)[sel], np.array(scores)[sel], [masks[i] for i in sel], [maps[i] for i in sel])
+    print(d, round(m["image_auroc"], 3), round(m["pixel_auroc"], 3), round(float(m["pixel_aupro"]), 3), flush=True)
+res.update(fit_s=fit_s, ms_per_img=1000 * t_pred / len(labels), size=size, mode=mode, opts=sys.argv[3:] , n=len(labels), load=os.getloadavg())
+print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True)
+out = Path(__file__).resolve().parent / "results" / f"patchcore_magnetic_tile_{size}_{sys.argv[2]}{os.environ.get('TAG', '')}.json"
+out.write_text(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1) + "\n")

@@ -32,6 +32,15 @@ def synthetic_texture_gray(synth_root: Path) -> Path:
     return make_synthetic(synth_root, SynthConfig(kind="texture", grayscale=True, seed=1))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread (two threads spin against each other on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_dataset(name: str) -> Path:
     """A real dataset from ../shared/data, or skip the test cleanly when it is absent."""
     path = SHARED_DATA / name

@@ -16,13 +16,7 @@ from defectlab.imbalance import (
     expected_class_probs, groups_by_count, posthoc_logit_adjust, smote_features,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads spin against each other on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------- a 3-class toy batch

@@ -18,13 +18,7 @@ from defectlab.data.synthetic import SynthConfig, make_synthetic
 from defectlab.errors import ConfigError
 from defectlab.imbalance import check_options
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads spin against each other on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "longtail_neu.yaml"

@@ -29,7 +29,6 @@ import platform
 import resource
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path

@@ -19,7 +19,6 @@ from defectlab.anomaly import build_model
 from defectlab.anomaly.geometry import map_to_original
 from PIL import Image
 from defectlab.metrics import anomaly_metrics
-import torch.nn.functional as F
 
 size = int(sys.argv[1]); mode = sys.argv[2]; opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 sub = int(os.environ.get("SUB", "1"))

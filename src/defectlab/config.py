@@ -12,6 +12,8 @@ import os
 import tempfile
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,21 +87,29 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` (same suffix) to write to; when the block ends without error it
+    replaces ``path`` in one rename, so readers see the old or the new file, never half of one; on error
+    it is removed. Every writer of results, checkpoints and pictures goes through this."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (see ``atomic_path``), flushed to disk."""
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _umask() -> int:

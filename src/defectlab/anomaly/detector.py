@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from scipy import ndimage
 
 from defectlab.anomaly.base import AnomalyModel, AnomalyOutput, Prediction
 from defectlab.anomaly.geometry import map_to_original
-from defectlab.config import to_dict, write_json
+from defectlab.config import atomic_path, to_dict, write_json
 from defectlab.data.io import load_pil
 from defectlab.data.transforms import PairTransform, as_hw
 from defectlab.errors import BadInputError
@@ -177,15 +175,9 @@ class Detector:
         run_dir.mkdir(parents=True, exist_ok=True)
         if tensors:
             state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
-            fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_FILE}.", dir=run_dir)
-            os.close(fd)
-            try:
-                save_file(state, tmp)
-                digest = sha256_file(Path(tmp))
-                os.replace(tmp, run_dir / MODEL_FILE)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(run_dir / MODEL_FILE) as tmp:
+                save_file(state, str(tmp))
+                digest = sha256_file(tmp)
         else:
             digest = json.loads((run_dir / META_FILE).read_text())["model_sha256"]
         meta = {"format": FORMAT, "method": self.method, "config": to_dict(self.model.config),

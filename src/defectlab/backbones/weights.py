@@ -118,7 +118,7 @@ def find_weights(arch: str, weights: str | Path | None) -> tuple[Path | None, st
     if isinstance(weights, Path) or weights.lower() != IMAGENET:
         path = Path(weights)
         if not path.is_file():
-            raise BadInputError(path, f"weights file not found (for --weights use 'imagenet', 'none' or a file)")
+            raise BadInputError(path, "weights file not found (for --weights use 'imagenet', 'none' or a file)")
         return path, f"file {path} (sha256 {sha256_file(path)[:8]})"
     spec = WEIGHT_FILES.get(arch)
     if spec is None:

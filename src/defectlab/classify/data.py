@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from defectlab.data.index import SampleRecord
 from defectlab.data.io import load_pil
-from defectlab.data.transforms import augment_ops, resize_ops
+from defectlab.data.transforms import augment_ops, erase_op, resize_ops
 
 
 @dataclass
@@ -55,11 +55,9 @@ class BatchAugment:
     """
 
     def __init__(self, preset: str, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        ops = augment_ops(preset)  # validates the preset name
-        if preset != "none":
-            ops.append(v2.RandomApply([v2.RandomResizedCrop((size, size), scale=(0.75, 1.0), antialias=True)], p=0.5))
+        ops = augment_ops(preset, size)  # validates the preset name
         self.geometry = v2.Compose(ops) if ops else None
-        self.erase = v2.RandomErasing(p=0.25, value=0) if preset == "strong" else None
+        self.erase = erase_op(preset)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
 

@@ -31,7 +31,6 @@ import csv
 import io
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from tqdm import tqdm
 
 from defectlab.classify.data import BatchAugment, ImageSet
 from defectlab.classify.models import Classifier, ModelConfig, build_classifier
-from defectlab.config import atomic_write_text, to_dict
+from defectlab.config import atomic_path, atomic_write_text, to_dict
 from defectlab.errors import ConfigError
 from defectlab.registry import Registry
 
@@ -165,9 +164,8 @@ def build_method(cfg: TrainConfig) -> Any:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same folder, then rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def seed_everything(seed: int, epoch: int = -1) -> None:

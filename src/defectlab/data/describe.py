@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from defectlab.config import atomic_write_text, write_json
+from defectlab.config import atomic_path, atomic_write_text, write_json
 from defectlab.data.index import GOOD, DatasetIndex, find_categories, is_mvtec_category, open_dataset
 from defectlab.data.io import load_image, load_mask, read_info
 from defectlab.errors import BadInputError
@@ -342,23 +342,13 @@ def plot_samples(index: DatasetIndex, out: Path, *, per_class: int = 4, thumb: i
 
 
 def _save_fig(fig: Any, out: Path) -> None:
-    import os
-    import tempfile
-
     import matplotlib.pyplot as plt
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_report(report: dict[str, Any], out: str | Path, indexes: dict[str, DatasetIndex]) -> list[Path]:

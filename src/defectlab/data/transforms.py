@@ -69,7 +69,8 @@ def _first_image(flat):
     return flat
 
 
-def augment_ops(preset: str) -> list[v2.Transform]:
+def augment_ops(preset: str, size: int | Sequence[int] | None = None) -> list[v2.Transform]:
+    """The preset's geometric/colour ops on uint8 images; with ``size``, the random resized crop too."""
     if preset == "none":
         return []
     if preset not in AUGMENTS:
@@ -78,10 +79,17 @@ def augment_ops(preset: str) -> list[v2.Transform]:
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         v2.RandomApply([v2.RandomRotation(15)], p=0.5),
-    ]  # the random crop needs the output size: PairTransform adds it
+    ]
     if preset == "strong":
         ops.append(v2.ColorJitter(0.3, 0.3, 0.2, 0.02))
+    if size is not None:
+        ops.append(v2.RandomApply([v2.RandomResizedCrop(as_hw(size), scale=(0.75, 1.0), antialias=True)], p=0.5))
     return ops
+
+
+def erase_op(preset: str) -> v2.Transform | None:
+    """Random erasing on the normalised image (``strong`` only)."""
+    return v2.RandomErasing(p=0.25, value=0) if preset == "strong" else None
 
 
 class PairTransform:
@@ -98,13 +106,12 @@ class PairTransform:
     ) -> None:
         self.size = as_hw(size)
         self.resize, self.augment, self.mean, self.std = resize, augment, tuple(mean), tuple(std)
-        ops = resize_ops(self.size, resize) + augment_ops(augment)
-        if augment != "none":
-            ops.append(v2.RandomApply([v2.RandomResizedCrop(self.size, scale=(0.75, 1.0), antialias=True)], p=0.5))
+        ops = resize_ops(self.size, resize) + augment_ops(augment, self.size)
         tail: list[v2.Transform] = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
                                     v2.Normalize(self.mean, self.std)]
-        if augment == "strong":
-            tail.append(v2.RandomErasing(p=0.25, value=0))
+        erase = erase_op(augment)
+        if erase is not None:
+            tail.append(erase)
         self._geometry = v2.Compose(ops)
         self._tail = v2.Compose(tail)
 

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from defectlab.anomaly.base import Prediction
-from defectlab.config import atomic_write_text
+from defectlab.config import atomic_path, atomic_write_text
 from defectlab.data.io import is_image_file, load_pil
 from defectlab.errors import BadInputError, ConfigError, DefectLabError
 from defectlab.inspect.engine import Engine, load_engine
@@ -193,10 +193,8 @@ def inspect_folder(
                 heat = ""
                 if heat_dir is not None:
                     target = heat_dir / _heatmap_name(rel)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_name(f".{target.name}.tmp")
-                    overlay(image, pred).save(tmp, format="PNG")
-                    os.replace(tmp, target)
+                    with atomic_path(target) as tmp:
+                        overlay(image, pred).save(tmp, format="PNG")
                     heat = str(target)
                 rows.append(_row(rel, pred, image, heat, ""))
             writer.writerows(rows)

@@ -7,9 +7,9 @@ boundary of ``map > pixel threshold`` (the detector's deployable pixel threshold
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from defectlab.config import atomic_path
 
 import matplotlib
 
@@ -47,12 +47,9 @@ def save_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray | None, a
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -8,7 +8,6 @@ Images are squashed to ``size`` x ``size``; probabilities come back at each imag
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from defectlab.config import from_dict, to_dict
+from defectlab.config import atomic_path, from_dict, to_dict
 from defectlab.data.dataset import DefectDataset
 from defectlab.data.index import GOOD, SampleRecord
 from defectlab.data.transforms import PairTransform
@@ -138,11 +137,9 @@ class Segmenter:
         """Atomic checkpoint: config, classes, weights, training history."""
         self._check()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"config": to_dict(self.config), "classes": self.classes_,
-                    "state_dict": self.model_.state_dict(), "history": self.history_}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"config": to_dict(self.config), "classes": self.classes_,
+                        "state_dict": self.model_.state_dict(), "history": self.history_}, tmp)
 
     @classmethod
     def load(cls, path: str | Path) -> Segmenter:

@@ -178,8 +178,10 @@ def worker_ours(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from defectlab.anomaly import build_model
 
-    model = build_model("patchcore", {"layers": tuple(args.layers), "coreset_ratio": args.coreset_ratio,
-                                      "num_neighbours": args.num_neighbours, "weights": str(args.weights)})
+    # anomalib's side: torchvision mobilenet_v2 and its fixed Gaussian sigma 4 (not our defaults)
+    model = build_model("patchcore", {"backbone": "mobilenet_v2", "layers": tuple(args.layers), "sigma": 4.0,
+                                      "coreset_ratio": args.coreset_ratio, "num_neighbours": args.num_neighbours,
+                                      "weights": str(args.weights)})
     model.eval()
 
     def fit(train: Iterator[np.ndarray]) -> None:

@@ -1,6 +1,7 @@
 """PatchCore (or another method) on magnetic_tile through the library's own model API, one config per run.
 
     python bench/patchcore_magnetic_tile.py SIZE MODE '{"coreset_ratio": 0.01}'   # MODE: letterbox|squash|crop|native
+    (the JSON holds the method's config keys, plus "model" and "standardize": RunConfig's defaults if absent)
     SUB=2 (every 2nd test image), THREADS=2, DATA=path/to/category, TAG=_suffix (output file name)
 
 Fits on all of train/good, evaluates every test image with the maps mapped back to the original size
@@ -13,9 +14,10 @@ torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 from torch.utils.data import DataLoader
 from defectlab.data.index import open_dataset
 from defectlab.data.dataset import DefectDataset
-from defectlab.data.transforms import PairTransform
+from defectlab.data.transforms import PairTransform, standardize_intensity
 from defectlab.data.io import load_mask, read_info
 from defectlab.anomaly import build_model
+from defectlab.anomaly.runner import RunConfig
 from defectlab.anomaly.geometry import map_to_original
 from PIL import Image
 from defectlab.metrics import anomaly_metrics
@@ -24,15 +26,17 @@ size = int(sys.argv[1]); mode = sys.argv[2]; opts = json.loads(sys.argv[3]) if l
 sub = int(os.environ.get("SUB", "1"))
 idx = open_dataset(os.environ.get("DATA", str(Path(__file__).resolve().parents[2] / "shared/data/magnetic_tile")))
 train = idx.select(split="train"); test = idx.select(split="test")[::sub]
+std_int = opts.pop("standardize", RunConfig.standardize)
 model = build_model(opts.pop("model", "patchcore"), opts)
-tf = PairTransform(size, resize=mode, mean=model.mean, std=model.std) if mode != "native" else None
+tf = PairTransform(size, resize=mode, mean=model.mean, std=model.std, standardize=std_int) if mode != "native" else None
 bs = 16
 if mode == "native":
     import torchvision.transforms.v2.functional as TF
     def tf(img, mask, _s=size / 330.0):
         if abs(_s - 1) > 1e-3:
             img = img.resize((max(1, round(img.width * _s)), max(1, round(img.height * _s))), Image.BILINEAR)
-        x = TF.normalize(TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True), model.mean, model.std)
+        x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+        x = TF.normalize(standardize_intensity(x) if std_int else x, model.mean, model.std)
         return x, torch.zeros(1, img.height, img.width)
     bs = 1
     mode = "squash"
@@ -55,7 +59,7 @@ for d in sorted(set(types) - {"good"}):
     sel = [i for i, t in enumerate(types) if t in (d, "good")]
     m = anomaly_metrics(np.array(labels)[sel], np.array(scores)[sel], [masks[i] for i in sel], [maps[i] for i in sel])
     print(d, round(m["image_auroc"], 3), round(m["pixel_auroc"], 3), round(float(m["pixel_aupro"]), 3), flush=True)
-res.update(fit_s=fit_s, ms_per_img=1000 * t_pred / len(labels), size=size, mode=mode, opts=sys.argv[3:] , n=len(labels), load=os.getloadavg())
+res.update(standardize=std_int, summary=model.summary(), fit_s=fit_s, ms_per_img=1000 * t_pred / len(labels), size=size, mode=mode, opts=sys.argv[3:] , n=len(labels), load=os.getloadavg())
 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True)
 out = Path(__file__).resolve().parent / "results" / f"patchcore_magnetic_tile_{size}_{sys.argv[2]}{os.environ.get('TAG', '')}.json"
 out.write_text(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1) + "\n")

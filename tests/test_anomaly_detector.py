@@ -15,7 +15,7 @@ from defectlab.anomaly.detector import META_FILE, MODEL_FILE, Detector, boxes_fr
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.anomaly.runner import RunConfig, fit_detector
 from defectlab.cli import main
-from defectlab.data.transforms import PairTransform
+from defectlab.data.transforms import STD_MEAN, STD_SCALE, PairTransform, standardize_intensity
 from defectlab.errors import BadInputError
 
 
@@ -54,7 +54,7 @@ def test_tampered_truncated_and_missing_files_are_refused(knn_run: Path, tmp_pat
 def test_predictions_at_original_size_with_boxes(knn_run: Path, synthetic_object: Path) -> None:
     det = Detector.load(knn_run)
     info = det.info()
-    assert info["method"] == "patchcore" and info["backbone"] == "mobilenet_v2" and "imagenet" in info["weights"]
+    assert info["method"] == "patchcore" and info["backbone"] == "efficientnet_lite0" and "imagenet" in info["weights"]
     assert info["image_size"] == [64, 64] and info["training"]["n_fit"] == 18
     defect = sorted((synthetic_object / "test" / "hole").glob("*.png"))[0]
     wide = Image.open(defect).convert("RGB").resize((200, 100))  # a non-square image: letterboxed
@@ -124,3 +124,25 @@ def test_cli_fit_test_predict(synthetic_object: Path, tmp_path: Path, capsys: py
     assert main(["anomaly", "fit", str(synthetic_object), "--out", str(run), "--model", "patchcor"]) == 2
     assert main(["anomaly", "fit", str(synthetic_object), "--out", str(run), "--weights", str(tmp_path / "x.pth"),
                  "--force"]) == 2
+
+
+def test_standardize_intensity_removes_exposure_and_gain() -> None:
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(rng.integers(60, 140, (3, 40, 50), dtype=np.uint8))
+    out = standardize_intensity(img)
+    assert out.dtype == torch.float32 and abs(float(out.mean()) - STD_MEAN) < 1e-3
+    assert abs(float(out.std()) - STD_SCALE) < 1e-3
+    darker = (img.float() * 0.7 + 5).round().to(torch.uint8)  # another exposure and offset of the same scene
+    assert float((standardize_intensity(darker) - out).abs().max()) < 0.02
+    assert torch.allclose(standardize_intensity(torch.full((3, 8, 8), 77, dtype=torch.uint8)), torch.tensor(STD_MEAN))
+
+
+def test_detector_verdicts_survive_an_exposure_change(knn_run: Path, synthetic_object: Path) -> None:
+    det = Detector.load(knn_run)
+    assert det.preprocess.standardize  # the runner's default, saved with the detector
+    files = sorted((synthetic_object / "test").rglob("*.png"))[::3]
+    pils = [Image.open(f).convert("RGB") for f in files]
+    dim = [Image.fromarray((np.asarray(p, np.float32) * 0.75 + 8).round().astype(np.uint8)) for p in pils]
+    a, b = det.predict_images(pils), det.predict_images(dim)
+    assert [p.is_defect for p in a] == [p.is_defect for p in b]
+    np.testing.assert_allclose([p.score for p in b], [p.score for p in a], rtol=0.05)

@@ -24,7 +24,7 @@ def run(synthetic_object: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_export_files_and_graph(run: Path) -> None:
     meta = json.loads((run / "onnx" / "onnx.json").read_text())
-    assert meta["method"] == "patchcore" and meta["features"]["layers"] == ["features.6", "features.13"]
+    assert meta["method"] == "patchcore" and meta["features"]["layers"] == ["_blocks.4", "_blocks.10"]
     assert meta["scorer"]["max_abs_diff_scores"] < 1e-4 and meta["features"]["max_abs_diff"] < 1e-4
     for name in ("features.onnx", "scorer.onnx"):
         model = onnx.load(str(run / "onnx" / name))
@@ -42,9 +42,10 @@ def test_onnx_scores_equal_torch(run: Path, synthetic_object: Path) -> None:
     onnx_preds = onnx_det.predict_images(paths, batch_size=5)  # batch size other than the export's
     ts = np.array([p.score for p in torch_preds])
     os_ = np.array([p.score for p in onnx_preds])
-    assert np.abs(ts - os_).max() < 1e-4
+    np.testing.assert_allclose(os_, ts, rtol=1e-5)  # float32 sums in another order
     assert [p.is_defect for p in torch_preds] == [p.is_defect for p in onnx_preds]
-    assert max(np.abs(a.anomaly_map - b.anomaly_map).max() for a, b in zip(torch_preds, onnx_preds)) < 1e-3
+    for a, b in zip(torch_preds, onnx_preds):
+        np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=1e-5, atol=1e-4)
     assert onnx_det.info()["onnx"]["scorer"]["file"] == "scorer.onnx"
 
 
@@ -57,7 +58,7 @@ def test_inspect_engine_onnx_matches_torch(run: Path, synthetic_object: Path, tm
     ro = {r["path"]: r for r in csv.DictReader(open(out_o))}
     assert rt.keys() == ro.keys() and len(rt) == 32
     for k in rt:
-        assert abs(float(rt[k]["score"]) - float(ro[k]["score"])) < 1e-4
+        assert float(ro[k]["score"]) == pytest.approx(float(rt[k]["score"]), rel=1e-5, abs=2e-4)  # CSV: 4 decimals
         assert rt[k]["verdict"] == ro[k]["verdict"]
 
 

@@ -75,7 +75,7 @@ def test_health_model_openapi_page(base: str) -> None:
     h = httpx.get(f"{base}/health").json()
     assert h["status"] == "ok" and h["auth_required"] is True and h["engine"] == "torch"
     m = httpx.get(f"{base}/model", headers={"X-API-Key": KEY}).json()
-    assert m["method"] == "patchcore" and m["backbone"] == "mobilenet_v2" and m["image_size"] == [64, 64]
+    assert m["method"] == "patchcore" and m["backbone"] == "efficientnet_lite0" and m["image_size"] == [64, 64]
     assert m["thresholds"]["image"] > 0 and m["training"]["n_fit"] > 0
     assert m["limits"] == {"max_upload_bytes": int(0.25 * 2**20), "max_pixels": 600_000}
     schema = httpx.get(f"{base}/openapi.json").json()

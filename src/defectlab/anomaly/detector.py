@@ -32,7 +32,7 @@ from defectlab.anomaly.base import AnomalyModel, AnomalyOutput, Prediction
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.config import atomic_path, to_dict, write_json
 from defectlab.data.io import load_pil
-from defectlab.data.transforms import PairTransform, as_hw
+from defectlab.data.transforms import PairTransform, as_hw, standardize_intensity
 from defectlab.errors import BadInputError
 
 FORMAT = "defectlab-anomaly-detector/1"
@@ -48,6 +48,7 @@ class Preprocess:
     std: tuple[float, ...]
     mode: str = "RGB"  # images are decoded to this PIL mode first (grayscale is replicated to RGB)
     scale: float = 1.0  # "native": every image is resized by this one factor (aspect ratio and scale kept)
+    standardize: bool = False  # per-image intensity standardisation first (defectlab.data.transforms)
 
     @property
     def variable_size(self) -> bool:
@@ -55,16 +56,18 @@ class Preprocess:
 
     def transform(self) -> PairTransform | NativeTransform:
         if self.resize == "native":
-            return NativeTransform(self.scale, mean=self.mean, std=self.std)
-        return PairTransform(self.image_size, resize=self.resize, mean=self.mean, std=self.std)
+            return NativeTransform(self.scale, mean=self.mean, std=self.std, standardize=self.standardize)
+        return PairTransform(self.image_size, resize=self.resize, mean=self.mean, std=self.std,
+                             standardize=self.standardize)
 
 
 class NativeTransform:
     """``(PIL, mask | None) -> (3xhxw, 1xhxw)``: one fixed scale factor for all images, no padding, so a
     pixel keeps the same physical size in every image (one camera), whatever the crop's shape."""
 
-    def __init__(self, scale: float, *, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.scale, self.mean, self.std = scale, tuple(mean), tuple(std)
+    def __init__(self, scale: float, *, mean: Sequence[float], std: Sequence[float],
+                 standardize: bool = False) -> None:
+        self.scale, self.mean, self.std, self.standardize = scale, tuple(mean), tuple(std), standardize
 
     def __call__(self, image: Image.Image, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         w, h = image.size
@@ -75,6 +78,8 @@ class NativeTransform:
             image = image.resize(size, Image.BILINEAR)
             mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
         x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        if self.standardize:
+            x = standardize_intensity(x)
         x = (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
         return x.contiguous(), torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
 
@@ -159,6 +164,7 @@ class Detector:
             "resize": self.preprocess.resize,
             "mean": list(self.preprocess.mean),
             "std": list(self.preprocess.std),
+            "standardize": self.preprocess.standardize,
             "thresholds": asdict(self.thresholds),
             "training": self.training,
             "config": cfg,
@@ -218,7 +224,8 @@ class Detector:
             model.load_state_dict(state, strict=True)
             pre = meta["preprocess"]
             preprocess = Preprocess(as_hw(pre["image_size"]), pre["resize"], tuple(pre["mean"]), tuple(pre["std"]),
-                                    pre.get("mode", "RGB"), float(pre.get("scale", 1.0)))
+                                    pre.get("mode", "RGB"), float(pre.get("scale", 1.0)),
+                                    bool(pre.get("standardize", False)))
             thresholds = Thresholds(**meta["thresholds"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise BadInputError(run_dir, f"cannot restore the detector ({type(exc).__name__}: "

@@ -1,7 +1,8 @@
 """Deep features shared by the feature-based methods, and map post-processing.
 
 * ``BackboneFeatures``: a backbone cut after its last needed layer (``defectlab.backbones``), frozen,
-  in eval mode; the methods' ``state_dict`` carries its weights so a saved detector is self-contained.
+  in eval mode, run channels-last; the methods' ``state_dict`` carries its weights so a saved detector
+  is self-contained.
 * ``patch_embedding``: PatchCore/PaDiM patch features: each layer optionally averaged over a local
   ``k x k`` neighbourhood (stride 1, so every position sees its neighbours: small shifts stop mattering;
   zero padding counted, as in the paper's code: border and letterbox-edge patches are damped rather than
@@ -36,6 +37,9 @@ class BackboneFeatures(nn.Module):
         self.extractor = FeatureExtractor(bb.model, chosen)
         for p in self.extractor.parameters():
             p.requires_grad_(False)
+        # channels-last (NHWC) weights and inputs: oneDNN's fast path for these depthwise-separable networks
+        # on a CPU, a 1.5-1.95x faster forward than NCHW (bench/backbone_speed.py); outputs equal to 4e-5.
+        self.extractor.to(memory_format=torch.channels_last)
         self.extractor.eval()
 
     def train(self, mode: bool = True) -> BackboneFeatures:  # the backbone stays in eval mode (BN statistics)
@@ -45,7 +49,7 @@ class BackboneFeatures(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.extractor(x)
+        return self.extractor(x.contiguous(memory_format=torch.channels_last))
 
 
 def patch_embedding(feats: dict[str, torch.Tensor], *, neighbourhood: int = 3,

@@ -84,7 +84,7 @@ class PaDiM(AnomalyModel):
         cov = (s2 - n * torch.einsum("pc,pd->pcd", mu, mu)) / (n - 1)
         cov += self.config.eps * torch.eye(cov.shape[-1], dtype=cov.dtype)
         self.mu_ = mu.float()
-        self.inv_cov_ = torch.linalg.inv(cov).float()
+        self.inv_cov_ = torch.linalg.inv(cov).float().contiguous()  # as saved: same einsum path after load
         self._mark_fitted()
         return self
 

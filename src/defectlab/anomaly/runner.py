@@ -15,7 +15,10 @@ the aspect ratio (inspection crops are often elongated: magnetic_tile's are 103-
 defects keep their shape, and one fixed input size keeps every image's patch count equal, so the
 max-over-patches image score has no image-size bias (``native``, one scale factor and variable sizes,
 was measured much worse at the image level for that reason: docs/anomaly.md). 256 px is the usual
-PatchCore resolution and keeps CPU inference fast.
+PatchCore resolution and keeps CPU inference fast. ``standardize=True``: each image's intensities are
+brought to one mean and spread before anything else (``defectlab.data.transforms.standardize_intensity``),
+because exposure and gain drift between shots of one product while the model should judge texture and
+shape; on magnetic_tile it raised image AUROC by about 0.01-0.02 and pixel AUROC by 0.01 (docs/anomaly.md).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the method's own Config (backbone, weights, ...)
     image_size: int | tuple[int, int] = 256  # model input (H, W); an int means square ("native": see there)
     resize: str = "letterbox"  # letterbox | squash | crop | native (one scale factor, sizes vary)
+    standardize: bool = True  # per-image intensity standardisation (exposure/gain differences between shots)
     holdout: float = 0.1  # fraction of train/good kept aside for the deployable threshold
     quantile: float = 0.99  # deployable threshold = this quantile of held-out good scores
     batch_size: int = 16
@@ -113,7 +117,8 @@ def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
     model = build_model(cfg.model, cfg.options)
     resize = resolve_resize(cfg.resize, model)
     scale = native_scale(fit_recs, cfg.image_size) if resize == "native" else 1.0
-    preprocess = Preprocess(as_hw(cfg.image_size), resize, tuple(model.mean), tuple(model.std), scale=scale)
+    preprocess = Preprocess(as_hw(cfg.image_size), resize, tuple(model.mean), tuple(model.std), scale=scale,
+                            standardize=cfg.standardize)
     preprocess.transform()  # validates the resize mode before the long part
     t0 = time.perf_counter()
     model.fit(_loader(fit_recs, preprocess, cfg))

@@ -40,10 +40,12 @@ def fit(
     data: Path = typer.Argument(..., help="Dataset folder (MVTec category, or a layout with a train split)."),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     model: Optional[str] = typer.Option(None, help="Method: patchcore (default), padim, knn, autoencoder, deep_svdd, ocsvm."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone (default mobilenet_v2)."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone (default efficientnet_lite0 for patchcore)."),
     weights: Optional[str] = typer.Option(None, help="imagenet (default, found offline) | none | FILE."),
     image_size: Optional[int] = typer.Option(None, help="Model input size in pixels (default 256)."),
     resize: Optional[str] = typer.Option(None, help="letterbox (default) | squash | crop | native."),
+    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize",
+                                               help="Per-image intensity standardisation (default on)."),
     coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.01)."),
     holdout: Optional[float] = typer.Option(None, help="Fraction of train/good kept for the threshold (0.1)."),
     quantile: Optional[float] = typer.Option(None, help="Deployable threshold quantile of held-out scores (0.99)."),
@@ -58,7 +60,7 @@ def fit(
 
     base = load_yaml(config) if config else {}
     cfg = _resolve(base, {"data": str(data), "model": model, "image_size": image_size, "resize": resize,
-                          "holdout": holdout, "quantile": quantile, "batch_size": batch_size},
+                          "standardize": standardize, "holdout": holdout, "quantile": quantile, "batch_size": batch_size},
                    {"backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio})
     resolved = to_dict(cfg)
     previous = out / CONFIG_FILE

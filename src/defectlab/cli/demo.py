@@ -1,6 +1,6 @@
 """``defectlab demo``: the main job on an embedded default (a synthetic dataset).
 
-synthesise a small MVTec-format set -> describe it -> fit PatchCore (ImageNet mobilenet_v2, offline) on
+synthesise a small MVTec-format set -> describe it -> fit PatchCore (ImageNet EfficientNet-Lite0, offline) on
 its good images -> test -> heatmaps and report. About a minute on a 2-core CPU.
 """
 

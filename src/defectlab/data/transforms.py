@@ -6,6 +6,10 @@ Resize modes:
 * ``squash``: resize to exactly (H, W), aspect ratio not kept (MVTec's usual 256x256 squash).
 * ``letterbox``: keep aspect ratio, fit the longer side, pad with zeros to (H, W).
 * ``crop``: keep aspect ratio, resize the shorter side, centre-crop to (H, W).
+
+``standardize=True`` first shifts and scales each image's intensities (all channels together, before any
+resizing or padding) to mean ``STD_MEAN`` and standard deviation ``STD_SCALE`` (clipped to [0, 1]): exposure
+and gain differences between shots go away, texture and colour contrasts stay (see ``standardize_intensity``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from defectlab.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("squash", "letterbox", "crop")
+STD_MEAN, STD_SCALE = 0.45, 0.2  # ``standardize``: target intensity mean and spread (ImageNet-like range)
 AUGMENTS = ("none", "basic", "strong")
+
+
+def standardize_intensity(image: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) uint8 or [0, 1] float image -> float32 in [0, 1] with mean ``STD_MEAN`` and standard deviation
+    ``STD_SCALE`` over all its pixels and channels (a flat image becomes uniform ``STD_MEAN``)."""
+    x = image.float() / 255.0 if not image.is_floating_point() else image.float()
+    return ((x - x.mean()) / (x.std() + 1e-6) * STD_SCALE + STD_MEAN).clamp_(0.0, 1.0)
 
 
 def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -103,9 +115,11 @@ class PairTransform:
         augment: str = "none",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        standardize: bool = False,
     ) -> None:
         self.size = as_hw(size)
         self.resize, self.augment, self.mean, self.std = resize, augment, tuple(mean), tuple(std)
+        self.standardize = standardize
         ops = resize_ops(self.size, resize) + augment_ops(augment, self.size)
         tail: list[v2.Transform] = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
                                     v2.Normalize(self.mean, self.std)]
@@ -117,6 +131,8 @@ class PairTransform:
 
     def __call__(self, image: Image.Image, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         img = tv_tensors.Image(v2.functional.pil_to_tensor(image))
+        if self.standardize:
+            img = tv_tensors.Image(standardize_intensity(img))
         if mask is None:
             mask = np.zeros((image.height, image.width), dtype=bool)
         msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).to(torch.uint8)[None])

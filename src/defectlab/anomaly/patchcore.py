@@ -19,8 +19,8 @@ local), coreset ratio 1% (the paper reports 1% close to its 10% default; on magn
 at the image level and ~8x slower at inference, see docs/anomaly.md), ``b = 9`` from the paper, and
 ``sigma = 8`` input pixels: the map is a grid of stride-8 patch scores, smoothed over one grid step.
 On magnetic_tile EfficientNet-Lite0 gave better maps than ``mobilenet_v2`` in every variant tried (pixel
-AUROC +0.01 to +0.04, image AUROC within 0.01; docs/anomaly.md): that comparison used the test labels, the
-rest did not. Image size, resize mode and intensity standardisation belong to the detector
+AUROC +0.01 to +0.04, image AUROC within 0.01; docs/anomaly.md): that comparison used the test labels (as
+did checking sigma 8 against 4). Image size, resize mode and intensity standardisation belong to the detector
 (``defectlab.anomaly.detector``), see there.
 """
 

@@ -14,12 +14,12 @@ torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 from torch.utils.data import DataLoader
 from defectlab.data.index import open_dataset
 from defectlab.data.dataset import DefectDataset
-from defectlab.data.transforms import PairTransform, standardize_intensity
+from defectlab.data.transforms import as_hw
+from defectlab.anomaly.detector import Preprocess
 from defectlab.data.io import load_mask, read_info
 from defectlab.anomaly import build_model
 from defectlab.anomaly.runner import RunConfig
 from defectlab.anomaly.geometry import map_to_original
-from PIL import Image
 from defectlab.metrics import anomaly_metrics
 
 size = int(sys.argv[1]); mode = sys.argv[2]; opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
@@ -28,18 +28,9 @@ idx = open_dataset(os.environ.get("DATA", str(Path(__file__).resolve().parents[2
 train = idx.select(split="train"); test = idx.select(split="test")[::sub]
 std_int = opts.pop("standardize", RunConfig.standardize)
 model = build_model(opts.pop("model", "patchcore"), opts)
-tf = PairTransform(size, resize=mode, mean=model.mean, std=model.std, standardize=std_int) if mode != "native" else None
-bs = 16
-if mode == "native":
-    import torchvision.transforms.v2.functional as TF
-    def tf(img, mask, _s=size / 330.0):
-        if abs(_s - 1) > 1e-3:
-            img = img.resize((max(1, round(img.width * _s)), max(1, round(img.height * _s))), Image.BILINEAR)
-        x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
-        x = TF.normalize(standardize_intensity(x) if std_int else x, model.mean, model.std)
-        return x, torch.zeros(1, img.height, img.width)
-    bs = 1
-    mode = "squash"
+# the detector's own preprocessing; "native": one scale factor, 330 px = the median longer side -> scale 1.0
+tf = Preprocess(as_hw(size), mode, model.mean, model.std, scale=size / 330.0, standardize=std_int).transform()
+bs = 1 if mode == "native" else 16
 t0 = time.time()
 model.fit(DataLoader(DefectDataset(train, tf), batch_size=bs, num_workers=0))
 fit_s = time.time() - t0

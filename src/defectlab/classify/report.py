@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from defectlab.config import atomic_write_text, write_json  # noqa: E402
+from defectlab.config import atomic_path, atomic_write_text, write_json  # noqa: E402
 
 NUMERIC = ("epochs_run", "convergence_epoch", "best_val_loss", "best_val_acc", "test_acc", "balanced_acc",
            "macro_f1", "train_seconds", "params", "infer_ms")
@@ -136,10 +136,11 @@ def write_per_class(metrics: dict[str, Any], path: Path) -> None:
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: str) -> None:

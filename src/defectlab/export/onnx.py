@@ -31,7 +31,7 @@ from torch import nn
 from defectlab.anomaly.base import AnomalyModel, AnomalyOutput
 from defectlab.anomaly.detector import Detector, sha256_file
 from defectlab.anomaly.features import gaussian_blur, patch_embedding, upsample
-from defectlab.config import write_json
+from defectlab.config import atomic_path, write_json
 from defectlab.errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,8 @@ def _session(model_bytes_or_path: bytes | str, threads: int | None = None):  # t
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def export_onnx(run: str | Path, out: str | Path | None = None, *, verify_batch: int = 2) -> dict[str, Any]:

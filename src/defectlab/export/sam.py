@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from defectlab.config import write_json
+from defectlab.config import atomic_path, write_json
 from defectlab.export.items import ExportItem, place_image
 
 
@@ -46,11 +46,8 @@ def export_sam(items: list[ExportItem], categories: list[str], out: str | Path, 
                                      "area": inst.area}
             if inst.mask is not None:
                 rel = f"masks/{Path(it.name).stem}_{k}.png"
-                path = out / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp.png")
-                Image.fromarray(inst.mask.astype(np.uint8) * 255).save(tmp)
-                tmp.replace(path)
+                with atomic_path(out / rel) as tmp:
+                    Image.fromarray(inst.mask.astype(np.uint8) * 255).save(tmp)
                 entry["mask"] = rel
                 entry["point"] = list(interior_point(inst.mask))
             else:

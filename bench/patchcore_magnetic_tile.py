@@ -3,6 +3,13 @@
     python bench/patchcore_magnetic_tile.py SIZE MODE '{"coreset_ratio": 0.01}'   # MODE: letterbox|squash|crop|native
     (the JSON holds the method's config keys, plus "model" and "standardize": RunConfig's defaults if absent)
     SUB=2 (every 2nd test image), THREADS=2, DATA=path/to/category, TAG=_suffix (output file name)
+    SPLIT=tiles: re-split the good images by physical tile instead of using the folders' split (below)
+
+magnetic_tile photographs every tile six times (exp1..exp6: six lighting setups, consecutive frame numbers in
+the file names); the folders' good split (every 4th file by name) puts other shots of most good test tiles
+into train, while every defective tile is unseen. SPLIT=tiles groups the shots of one tile (same class,
+frame numbers within 200 of the previous shot) and puts every 4th good tile, all its shots, into test:
+the same sizes (~707 train / ~245 good test), no tile on both sides.
 
 Fits on all of train/good, evaluates every test image with the maps mapped back to the original size
 (letterbox padding never counts), prints per-defect-type image/pixel AUROC and AUPRO, and writes
@@ -26,6 +33,30 @@ size = int(sys.argv[1]); mode = sys.argv[2]; opts = json.loads(sys.argv[3]) if l
 sub = int(os.environ.get("SUB", "1"))
 idx = open_dataset(os.environ.get("DATA", str(Path(__file__).resolve().parents[2] / "shared/data/magnetic_tile")))
 train = idx.select(split="train"); test = idx.select(split="test")[::sub]
+
+
+def tile_of(records):
+    """path -> tile id: shots of one tile are runs of consecutive frame numbers (exp<k>_num_<frame>.jpg)."""
+    frame = lambda r: int(Path(r.path).stem.split("_")[-1])
+    out, tile, prev = {}, -1, None
+    for r in sorted(records, key=frame):
+        if prev is None or frame(r) - frame(prev) > 200 or r.defect_type != prev.defect_type:
+            tile += 1
+        out[str(r.path)], prev = tile, r
+    return out
+
+
+if os.environ.get("SPLIT") == "tiles":
+    tiles = tile_of(train + idx.select(split="test"))
+    good = [r for r in train + idx.select(split="test") if r.label == 0]
+    held = set(sorted({tiles[str(r.path)] for r in good})[::4])
+    sides = {}
+    for r in good:
+        sides.setdefault(tiles[str(r.path)], set()).add(r.split)
+    print(f"{sum(len(v) > 1 for v in sides.values())} of {len(sides)} good tiles have shots in both folders", flush=True)
+    train = [r for r in good if tiles[str(r.path)] not in held]
+    test = ([r for r in idx.select(split="test") if r.label == 1] + [r for r in good if tiles[str(r.path)] in held])[::sub]
+    print(f"tile split: {len(train)} train, {len(test)} test ({sum(r.label == 0 for r in test)} good)", flush=True)
 std_int = opts.pop("standardize", RunConfig.standardize)
 model = build_model(opts.pop("model", "patchcore"), opts)
 # the detector's own preprocessing; "native": one scale factor, 330 px = the median longer side -> scale 1.0
@@ -49,8 +80,9 @@ res = anomaly_metrics(np.array(labels), np.array(scores), masks, maps)
 for d in sorted(set(types) - {"good"}):
     sel = [i for i, t in enumerate(types) if t in (d, "good")]
     m = anomaly_metrics(np.array(labels)[sel], np.array(scores)[sel], [masks[i] for i in sel], [maps[i] for i in sel])
-    print(d, round(m["image_auroc"], 3), round(m["pixel_auroc"], 3), round(float(m["pixel_aupro"]), 3), flush=True)
-res.update(standardize=std_int, summary=model.summary(), fit_s=fit_s, ms_per_img=1000 * t_pred / len(labels), size=size, mode=mode, opts=sys.argv[3:] , n=len(labels), load=os.getloadavg())
+    print(d, round(m["image_auroc"], 3), round(m["pixel_auroc"], 3), round(float(m["pixel_aupro"]), 3),
+          "background", round(m["background_auroc"], 3), flush=True)
+res.update(split=os.environ.get("SPLIT", "folders"), standardize=std_int, summary=model.summary(), fit_s=fit_s, ms_per_img=1000 * t_pred / len(labels), size=size, mode=mode, opts=sys.argv[3:] , n=len(labels), load=os.getloadavg())
 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True)
 out = Path(__file__).resolve().parent / "results" / f"patchcore_magnetic_tile_{size}_{sys.argv[2]}{os.environ.get('TAG', '')}.json"
 out.write_text(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1) + "\n")

@@ -9,8 +9,9 @@ library's ``StreamingCoreset``), scores and evaluates. Scores are the plain maxi
 (no re-weighting) and pixel metrics are taken on the letterbox content at half the input resolution, so the
 numbers are for ranking recipes: the library's own figures come from ``bench/patchcore_magnetic_tile.py``
 (re-weighted score, maps at each image's original size), which runs about 0.03 lower in pixel AUROC.
-Per defect type it also prints how its defect pixels separate from good images' pixels and from the rest
-of their own images (the `uneven` diagnosis in docs/anomaly.md).
+Per defect type it also prints how its defect pixels separate from good images' pixels, from the rest of
+their own images and from the defect-free area of the other defective images, and how close each test image's
+nearest training image is (the `uneven` and split diagnosis in docs/anomaly.md).
 Appends one JSON line per run to bench/results/patchcore_sweep.jsonl.
 """
 from __future__ import annotations
@@ -108,6 +109,9 @@ def run(args: argparse.Namespace) -> dict:
         return auroc(np.r_[np.ones(len(p)), np.zeros(len(n))], np.r_[p, n])
 
     good = [maps[i].ravel() for i, x in enumerate(types) if x == "good"]
+    pooled = {k: F.normalize(v[args.layers[-1]].float().mean((2, 3)), dim=1) for k, v in (("train", train), ("test", test))}
+    nearest_cos = (pooled["test"] @ pooled["train"].T).max(1).values.numpy()
+    result["good_nearest_train_cosine"] = float(np.median(nearest_cos[[i for i, x in enumerate(types) if x == "good"]]))
     n_defect_px = sum(int(m.sum()) for m in masks)
     for t in sorted(set(types) - {"good"}):
         own = [i for i, x in enumerate(types) if x == t]
@@ -118,6 +122,11 @@ def run(args: argparse.Namespace) -> dict:
             "pixel_auroc": separation(pos, [maps[i][~masks[i]] for i in own] + good),  # vs good + own negatives
             "vs_good_images": separation(pos, good),  # defect pixels vs every pixel of the good test images
             "vs_own_image": separation(pos, [maps[i][~masks[i]] for i in own]),  # vs the rest of their images
+            # vs the defect-free area of the other types' defective images
+            "vs_other_defective_images": separation(pos, [maps[i][~masks[i]] for i, x in enumerate(types)
+                                                          if x not in (t, "good")]),
+            # how close each image's nearest training image is (cosine of pooled stride-16 features), median
+            "nearest_train_cosine": float(np.median(nearest_cos[own])),
             "share_of_defect_pixels": sum(int(masks[i].sum()) for i in own) / n_defect_px,
         }
     result["seconds"] = time.time() - t0
@@ -140,7 +149,10 @@ def main() -> None:
           " ".join(f"{t} {v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}" for t, v in res["per_type"].items()))
     for t, v in res["per_type"].items():
         print(f"  {t:9s} {v['share_of_defect_pixels']:6.1%} of defect pixels; pixel AUROC vs good images "
-              f"{v['vs_good_images']:.3f}, vs the rest of their own images {v['vs_own_image']:.3f}")
+              f"{v['vs_good_images']:.3f}, vs the rest of their own images {v['vs_own_image']:.3f}, vs the "
+              f"defect-free area of other defective images {v['vs_other_defective_images']:.3f}; "
+              f"nearest training image cosine {v['nearest_train_cosine']:.4f}")
+    print(f"  good images' nearest training image cosine {res['good_nearest_train_cosine']:.4f}")
     with open(HERE / "results" / "patchcore_sweep.jsonl", "a") as fh:
         fh.write(json.dumps(res) + "\n")
 

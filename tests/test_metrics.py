@@ -13,6 +13,7 @@ from defectlab.metrics import (
     MetricInputError,
     accuracy,
     anomaly_metrics,
+    background_auroc,
     aupro,
     auroc,
     average_precision,
@@ -218,6 +219,21 @@ def test_anomaly_metrics_summary() -> None:
     assert out["pixel_aupro"] == pytest.approx(1.0)
     assert set(out) >= {"image_f1_max", "image_f1_threshold", "pixel_f1_max", "image_ap", "pixel_ap"}
     assert set(anomaly_metrics(labels, scores)) == {"image_auroc", "image_ap", "image_f1_max", "image_f1_threshold"}
+
+
+def test_background_auroc_flags_a_test_set_whose_defective_images_differ_beyond_their_defects() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(40), np.ones(40)].astype(int)
+    masks = np.zeros((80, 16, 16), bool)
+    masks[40:, 4:8, 4:8] = True
+    fair = rng.normal(0, 1, (80, 16, 16)) + 5 * masks  # defect-free areas from one distribution
+    assert 0.3 < background_auroc(labels, masks, fair) < 0.7
+    leaky = fair + 0.5 * labels[:, None, None]  # every defective image's background shifted
+    assert background_auroc(labels, masks, leaky) > 0.95
+    assert anomaly_metrics(labels, labels.astype(float), masks, leaky)["background_auroc"] > 0.95
+    full = masks.copy()
+    full[40:] = True  # masks covering everything leave no defective image to compare
+    assert np.isnan(background_auroc(labels, full, fair))
 
 
 # ---------------------------------------------------------------- classification

@@ -108,17 +108,17 @@ def run(args: argparse.Namespace) -> dict:
         p, n = np.concatenate(pos), np.concatenate(neg)
         return auroc(np.r_[np.ones(len(p)), np.zeros(len(n))], np.r_[p, n])
 
-    good = [maps[i].ravel() for i, x in enumerate(types) if x == "good"]
+    good_idx = [i for i, x in enumerate(types) if x == "good"]
+    good = [maps[i].ravel() for i in good_idx]
     pooled = {k: F.normalize(v[args.layers[-1]].float().mean((2, 3)), dim=1) for k, v in (("train", train), ("test", test))}
     nearest_cos = (pooled["test"] @ pooled["train"].T).max(1).values.numpy()
-    result["good_nearest_train_cosine"] = float(np.median(nearest_cos[[i for i, x in enumerate(types) if x == "good"]]))
+    result["good_nearest_train_cosine"] = float(np.median(nearest_cos[good_idx]))
     n_defect_px = sum(int(m.sum()) for m in masks)
     for t in sorted(set(types) - {"good"}):
         own = [i for i, x in enumerate(types) if x == t]
         pos = [maps[i][masks[i]] for i in own]
         result["per_type"][t] = {
-            "image_auroc": auroc(labels[own + [i for i, x in enumerate(types) if x == "good"]],
-                                 scores[own + [i for i, x in enumerate(types) if x == "good"]]),
+            "image_auroc": auroc(labels[own + good_idx], scores[own + good_idx]),
             "pixel_auroc": separation(pos, [maps[i][~masks[i]] for i in own] + good),  # vs good + own negatives
             "vs_good_images": separation(pos, good),  # defect pixels vs every pixel of the good test images
             "vs_own_image": separation(pos, [maps[i][~masks[i]] for i in own]),  # vs the rest of their images

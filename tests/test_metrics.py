@@ -234,6 +234,8 @@ def test_background_auroc_flags_a_test_set_whose_defective_images_differ_beyond_
     full = masks.copy()
     full[40:] = True  # masks covering everything leave no defective image to compare
     assert np.isnan(background_auroc(labels, full, fair))
+    with pytest.raises(MetricInputError, match="3 labels but 80"):
+        background_auroc(labels[:3], masks, fair)
 
 
 # ---------------------------------------------------------------- classification

@@ -242,17 +242,13 @@ def background_auroc(labels: Any, masks: Any, maps: Any) -> float:
     images whose mask covers everything are left out (NaN when no defective or no good image is left).
     """
     y = as_bool_labels(to_numpy(labels)).ravel()
-    medians, keep = [], []
-    for m, a in _iter_images(masks, maps):
-        outside = a[~m]
-        keep.append(outside.size > 0)
-        medians.append(float(np.median(outside)) if outside.size else np.nan)
+    medians = np.array([np.median(a[~m]) if (~m).any() else np.nan for m, a in _iter_images(masks, maps)])
     if len(medians) != len(y):
         raise MetricInputError(f"{len(y)} labels but {len(medians)} masks/maps")
-    k = np.array(keep)
+    k = ~np.isnan(medians)
     if y[k].all() or not y[k].any():
         return float("nan")
-    return auroc(y[k], np.array(medians)[k])
+    return auroc(y[k], medians[k])
 
 
 def anomaly_metrics(

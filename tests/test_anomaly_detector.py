@@ -91,15 +91,24 @@ def test_greedy_kcenter_picks_farthest_points_and_streaming_bounds() -> None:
     assert greedy_kcenter(x, 3, start=0).tolist() == [0, 4, 3]  # farthest from 0, then from {0, 4}
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(5000, 3, generator=gen)
-    cs = StreamingCoreset(0.02, 3, chunk_size=1000)
-    for part in rows.split(700):
-        cs.add(part)
-    bank = cs.finish()
-    assert bank.shape == (100, 3)
-    # a k-center cover beats a random subset of the same size at covering the data
+
+    def coreset(final_rows: int) -> torch.Tensor:
+        cs = StreamingCoreset(0.02, 3, chunk_size=1000, final_rows=final_rows)
+        for part in rows.split(700):
+            cs.add(part)
+        return cs.finish()
+
     def cover(b: torch.Tensor) -> float:
         return float(torch.cdist(rows, b).min(1).values.max())
-    assert cover(bank) < cover(rows[torch.randperm(5000, generator=gen)[:100]])
+
+    streamed, exact = coreset(final_rows=2000), coreset(final_rows=5000)
+    assert streamed.shape == exact.shape == (100, 3)
+    # up to final_rows patches: one exact greedy pass over all of them, from a seeded random start
+    start = int(torch.randint(5000, (1,), generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(exact, rows[greedy_kcenter(rows, 100, start=start)])
+    # a k-center cover beats a random subset of the same size at covering the data; the exact one most
+    random_cover = cover(rows[torch.randperm(5000, generator=gen)[:100]])
+    assert cover(exact) <= cover(streamed) < random_cover
 
 
 def test_cli_fit_test_predict(synthetic_object: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -5,7 +5,9 @@ covers rare patches that random subsampling would drop. Distances are taken afte
 random projection to ``proj_dim`` dimensions (Johnson-Lindenstrauss; the paper uses 128).
 
 Exact greedy costs ``k * N * d`` and holds all N features: at 700 images x 1500 patches that is tens of
-minutes on a CPU. ``StreamingCoreset`` runs it in two stages: features arrive a few images at a time;
+minutes on a CPU. ``StreamingCoreset`` runs it exactly while all patches seen are at most ``final_rows``
+(65,536 rows of 128 projected dimensions: about a second, e.g. 64 images at 256 px), and beyond that in
+two stages: features arrive a few images at a time;
 each full chunk of ``chunk_size`` patches is reduced by greedy selection to a fraction
 ``f = max(ratio, min(oversample * ratio, 0.05))`` of itself (oversampling only while it stays cheap);
 the survivors then go through a final greedy pass to the target ``k = ratio * N`` (exact when they are at
@@ -72,9 +74,9 @@ class StreamingCoreset:
         self.gen = torch.Generator().manual_seed(seed)
         self.proj = None if proj_dim >= dim else torch.randn(dim, proj_dim, generator=self.gen) / math.sqrt(proj_dim)
         self.pending: list[torch.Tensor] = []
-        self.n_pending = 0
         self.kept: list[torch.Tensor] = []
         self.n_seen = 0
+        self.streaming = False  # True once more than final_rows patches were seen: reduce chunk by chunk
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.proj is None else x @ self.proj
@@ -89,22 +91,30 @@ class StreamingCoreset:
         rows = rows.detach().float().cpu()
         self.n_seen += rows.shape[0]
         self.pending.append(rows)
-        self.n_pending += rows.shape[0]
-        if self.ratio < 1 and self.n_pending >= self.chunk_size:
-            self._flush()
+        self.streaming = self.streaming or (self.ratio < 1 and self.n_seen > self.final_rows)
+        if self.streaming:
+            self._flush_full_chunks()
 
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        chunk = torch.cat(self.pending)
-        self.pending, self.n_pending = [], 0
+    def _flush_full_chunks(self) -> None:
+        """Reduce the pending batches in groups of at least ``chunk_size`` rows, in arrival order."""
+        group: list[torch.Tensor] = []
+        for rows in self.pending:
+            group.append(rows)
+            if sum(len(g) for g in group) >= self.chunk_size:
+                self._reduce_chunk(group)
+                group = []
+        self.pending = group
+
+    def _reduce_chunk(self, batches: list[torch.Tensor]) -> None:
+        chunk = torch.cat(batches)
         self.kept.append(self._reduce(chunk, math.ceil(self.keep * chunk.shape[0])))
 
     def finish(self, progress: bool = False) -> torch.Tensor:
         if self.ratio >= 1:
             return torch.cat(self.pending)
-        if self.kept:
-            self._flush()
+        if self.streaming and self.pending:
+            self._reduce_chunk(self.pending)
+            self.pending = []
         pool = torch.cat(self.kept + self.pending) if (self.kept or self.pending) else torch.empty(0)
         self.kept, self.pending = [], []
         k = max(1, math.ceil(self.ratio * self.n_seen))

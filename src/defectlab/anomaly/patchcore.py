@@ -3,7 +3,8 @@
 Fit: mid-level patch features of every good image (``features.patch_embedding``: layers at stride 8 and
 16, each averaged over a 3x3 neighbourhood, the coarser one upsampled, concatenated) go into a memory bank,
 subsampled by greedy k-center coreset selection (``coreset.StreamingCoreset``: random projection to 128
-dimensions, two-stage chunked so memory stays bounded and fit takes seconds, not minutes).
+dimensions; exact up to 65,536 training patches, two-stage chunked beyond, so memory stays bounded and fit
+takes seconds, not minutes).
 
 Predict: each test patch's score is the Euclidean distance to its nearest bank patch. The image score is
 the paper's re-weighted maximum: with ``p*`` the most anomalous patch, ``m*`` its nearest bank patch and

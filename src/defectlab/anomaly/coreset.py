@@ -11,8 +11,8 @@ two stages: features arrive a few images at a time;
 each full chunk of ``chunk_size`` patches is reduced by greedy selection to a fraction
 ``f = max(ratio, min(oversample * ratio, 0.05))`` of itself (oversampling only while it stays cheap);
 the survivors then go through a final greedy pass to the target ``k = ratio * N`` (exact when they are at
-most ``final_rows``, else chunked again). Memory is one chunk plus the survivors; time is about
-``f * N * chunk_size * d``, linear in N.
+most ``final_rows``, else chunked again). Memory is at most ``final_rows`` rows, then one chunk plus the
+survivors; time is about ``f * N * chunk_size * d``, linear in N.
 """
 
 from __future__ import annotations

@@ -28,26 +28,15 @@ from defectlab.anomaly import build_model
 from defectlab.anomaly.runner import RunConfig
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.metrics import anomaly_metrics
+from magnetic_tile_split import tile_of
 
 size = int(sys.argv[1]); mode = sys.argv[2]; opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 sub = int(os.environ.get("SUB", "1"))
 idx = open_dataset(os.environ.get("DATA", str(Path(__file__).resolve().parents[2] / "shared/data/magnetic_tile")))
 train = idx.select(split="train"); test = idx.select(split="test")[::sub]
 
-
-def tile_of(records):
-    """path -> tile id: shots of one tile are runs of consecutive frame numbers (exp<k>_num_<frame>.jpg)."""
-    frame = lambda r: int(Path(r.path).stem.split("_")[-1])
-    out, tile, prev = {}, -1, None
-    for r in sorted(records, key=frame):
-        if prev is None or frame(r) - frame(prev) > 200 or r.defect_type != prev.defect_type:
-            tile += 1
-        out[str(r.path)], prev = tile, r
-    return out
-
-
 if os.environ.get("SPLIT") == "tiles":
-    tiles = tile_of(train + idx.select(split="test"))
+    tiles = tile_of((str(r.path), r.defect_type) for r in train + idx.select(split="test"))
     good = [r for r in train + idx.select(split="test") if r.label == 0]
     held = set(sorted({tiles[str(r.path)] for r in good})[::4])
     sides = {}

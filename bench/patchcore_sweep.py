@@ -70,7 +70,7 @@ def extract(backbone: str, layers: list[str], size: int, standardize: bool) -> d
     return out
 
 
-def embed(feats: dict, layers: list[str], k: int, sl: slice) -> torch.Tensor:
+def embed(feats: dict, layers: list[str], k: int, sl: slice | list[int]) -> torch.Tensor:
     return patch_embedding({name: feats[name][sl].float() for name in layers}, neighbourhood=k)
 
 

@@ -13,10 +13,11 @@ from PIL import Image
 from defectlab.anomaly.coreset import StreamingCoreset, greedy_kcenter
 from defectlab.anomaly.detector import META_FILE, MODEL_FILE, Detector, boxes_from_map
 from defectlab.anomaly.geometry import map_to_original
-from defectlab.anomaly.runner import RunConfig, fit_detector
+from defectlab.anomaly.runner import RunConfig, fit_detector, split_train
 from defectlab.cli import main
 from defectlab.data.transforms import STD_MEAN, STD_SCALE, PairTransform, standardize_intensity
-from defectlab.errors import BadInputError
+from defectlab.data.index import DatasetIndex, SampleRecord
+from defectlab.errors import BadInputError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,9 @@ def test_cli_fit_test_predict(synthetic_object: Path, tmp_path: Path, capsys: py
     assert main(["anomaly", "fit", str(synthetic_object), "--out", str(run), "--model", "patchcor"]) == 2
     assert main(["anomaly", "fit", str(synthetic_object), "--out", str(run), "--weights", str(tmp_path / "x.pth"),
                  "--force"]) == 2
+    capsys.readouterr()
+    assert main(args + ["--holdout-group", "^part", "--force"]) == 2  # file names 000.png...: no part named
+    assert "000.png: file name does not match holdout_group '^part'" in capsys.readouterr().err
 
 
 def test_standardize_intensity_removes_exposure_and_gain() -> None:
@@ -155,3 +159,23 @@ def test_detector_verdicts_survive_an_exposure_change(knn_run: Path, synthetic_o
     a, b = det.predict_images(pils), det.predict_images(dim)
     assert [p.is_defect for p in a] == [p.is_defect for p in b]
     np.testing.assert_allclose([p.score for p in b], [p.score for p in a], rtol=0.05)
+
+
+def test_holdout_group_holds_out_whole_parts() -> None:
+    names = [f"part{k:02d}_light{j}.png" for k in range(20) for j in range(6)]
+    index = DatasetIndex(Path("/data"), "parts", "mvtec",
+                         [SampleRecord(Path("/data/train/good") / n, "train", "good") for n in names])
+    part = lambda r: r.path.name.split("_")[0]  # noqa: E731
+    for seed in range(3):
+        fit, held = split_train(index, RunConfig(holdout=0.1, holdout_group=r"^(part\d+)_", seed=seed))
+        assert len(held) == 12 and len(fit) == 108  # two whole parts of six shots
+        assert not {part(r) for r in fit} & {part(r) for r in held}
+    fit, held = split_train(index, RunConfig(holdout=0.1))  # without it: single shots, parts on both sides
+    assert len(held) == 12 and {part(r) for r in fit} & {part(r) for r in held}
+    odd = DatasetIndex(Path("/data"), "parts", "mvtec", index.records + [SampleRecord(Path("/data/x.png"), "train", "good")])
+    with pytest.raises(BadInputError, match=r"x\.png.*does not match holdout_group"):
+        split_train(odd, RunConfig(holdout_group=r"^(part\d+)_"))
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        split_train(index, RunConfig(holdout_group="(part"))
+    with pytest.raises(ConfigError, match="one part only"):
+        split_train(index, RunConfig(holdout_group="light"))

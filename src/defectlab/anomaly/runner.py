@@ -6,7 +6,11 @@
 
 Which images are used: the ``train`` split's good images are fitted on, except ``holdout`` of them
 (default 10%, chosen with ``seed``) kept aside to set the deployable thresholds; a ``val`` split's good
-images (from ``defectlab data split`` manifests) are used for the thresholds instead when present. The
+images (from ``defectlab data split`` manifests) are used for the thresholds instead when present. When
+several images show one part (views, lightings), ``holdout_group`` names the part from the file name
+(e.g. ``'^(part[0-9]+)_'``) and whole parts are held out: held-out shots whose siblings are fitted on score
+like training images and set the threshold too low (on magnetic_tile: 16% instead of 4% false alarms on new
+tiles, bench/threshold_holdout.py). The
 ``test`` split is evaluated; pixel metrics compare maps mapped back to the original image size with the
 original masks (letterbox padding never counts).
 
@@ -29,6 +33,7 @@ import io
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +68,7 @@ class RunConfig:
     resize: str = "letterbox"  # letterbox | squash | crop | native (one scale factor, sizes vary)
     standardize: bool = True  # per-image intensity standardisation (exposure/gain differences between shots)
     holdout: float = 0.1  # fraction of train/good kept aside for the deployable threshold
+    holdout_group: str = ""  # regex: the part an image shows, from its file name (first group, else the match)
     quantile: float = 0.99  # deployable threshold = this quantile of held-out good scores
     batch_size: int = 16
     num_workers: int = 0
@@ -106,10 +112,31 @@ def split_train(index: DatasetIndex, cfg: RunConfig) -> tuple[list[SampleRecord]
     n_hold = int(round(cfg.holdout * len(good)))
     if n_hold == 0 or len(good) - n_hold < 1:
         return good, []
-    order = list(range(len(good)))
-    random.Random(cfg.seed).shuffle(order)
-    hold = set(order[:n_hold])
+    groups = _part_groups(good, cfg.holdout_group) if cfg.holdout_group else [[i] for i in range(len(good))]
+    random.Random(cfg.seed).shuffle(groups)
+    hold: set[int] = set()
+    for members in groups:  # whole parts, until at least n_hold images
+        if len(hold) >= n_hold:
+            break
+        hold.update(members)
+    if len(hold) == len(good):
+        raise ConfigError(f"holdout_group '{cfg.holdout_group}' finds one part only: nothing would be left to fit on")
     return [r for i, r in enumerate(good) if i not in hold], [r for i, r in enumerate(good) if i in hold]
+
+
+def _part_groups(records: Sequence[SampleRecord], pattern: str) -> list[list[int]]:
+    """Indices of the records grouped by the part their file name names (``holdout_group``)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"holdout_group '{pattern}' is not a regular expression: {e}") from e
+    parts: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        m = regex.search(r.path.name)
+        if m is None:
+            raise BadInputError(r.path, f"file name does not match holdout_group '{pattern}'")
+        parts.setdefault(m.group(1) if regex.groups else m.group(0), []).append(i)
+    return list(parts.values())
 
 
 def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:

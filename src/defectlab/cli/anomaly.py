@@ -48,6 +48,8 @@ def fit(
                                                help="Per-image intensity standardisation (default on)."),
     coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.01)."),
     holdout: Optional[float] = typer.Option(None, help="Fraction of train/good kept for the threshold (0.1)."),
+    holdout_group: Optional[str] = typer.Option(
+        None, help="Regex naming the part an image shows, from its file name (first group); hold out whole parts."),
     quantile: Optional[float] = typer.Option(None, help="Deployable threshold quantile of held-out scores (0.99)."),
     batch_size: Optional[int] = typer.Option(None),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with RunConfig keys; flags override it."),
@@ -60,7 +62,8 @@ def fit(
 
     base = load_yaml(config) if config else {}
     cfg = _resolve(base, {"data": str(data), "model": model, "image_size": image_size, "resize": resize,
-                          "standardize": standardize, "holdout": holdout, "quantile": quantile, "batch_size": batch_size},
+                          "standardize": standardize, "holdout": holdout, "holdout_group": holdout_group,
+                          "quantile": quantile, "batch_size": batch_size},
                    {"backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio})
     resolved = to_dict(cfg)
     previous = out / CONFIG_FILE

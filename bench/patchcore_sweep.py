@@ -12,7 +12,8 @@ numbers are for ranking recipes: the library's own figures come from ``bench/pat
 Per defect type it also prints how its defect pixels separate from good images' pixels, from the rest of
 their own images and from the defect-free area of the other defective images, and how close each test image's
 nearest training image is (the `uneven` and split diagnosis in docs/anomaly.md).
-Appends one JSON line per run to bench/results/patchcore_sweep.jsonl.
+Appends one JSON line per run to bench/results/patchcore_sweep.jsonl; ``--figure PNG`` also draws some
+`uneven` images and their maps (docs/img/uneven_maps.png).
 """
 from __future__ import annotations
 
@@ -130,7 +131,32 @@ def run(args: argparse.Namespace) -> dict:
             "share_of_defect_pixels": sum(int(masks[i].sum()) for i in own) / n_defect_px,
         }
     result["seconds"] = time.time() - t0
+    if args.figure:
+        uneven_figure(args.figure, [m[0] for m in meta], types, maps, masks, good)
     return result
+
+
+def uneven_figure(path: str, paths: list[str], types: list[str], maps: list, masks: list, good: list) -> None:
+    """Every 13th `uneven` test image with its ground-truth outline, above its map (colour scale from the
+    good test images' pixel scores: median to 1.5 x the 99th percentile)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    chosen = [i for i, t in enumerate(types) if t == "uneven"][::13][:7]
+    low, high = np.percentile(np.concatenate(good), [50, 99])
+    fig, axes = plt.subplots(2, len(chosen), figsize=(2.6 * len(chosen), 6.5))
+    for col, i in zip(axes.T, chosen):
+        h, w = maps[i].shape
+        col[0].imshow(np.asarray(Image.open(paths[i]).convert("L").resize((w, h))), cmap="gray")
+        col[1].imshow(maps[i], cmap="jet", vmin=low, vmax=1.5 * high)
+        for ax, colour in zip(col, ("r", "w")):
+            ax.contour(masks[i], levels=[0.5], colors=colour, linewidths=0.8)
+            ax.axis("off")
+        col[0].set_title(Path(paths[i]).name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
 
 
 def main() -> None:
@@ -142,6 +168,7 @@ def main() -> None:
     p.add_argument("--sigma", type=float, default=8.0)
     p.add_argument("--coreset-ratio", type=float, default=0.01)
     p.add_argument("--standardize", action="store_true")
+    p.add_argument("--figure", help="also draw uneven test images and their maps to this PNG")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     res = run(args)

@@ -2,7 +2,8 @@
 
 magnetic_tile photographs every tile six times (exp1..exp6: six lighting setups) with consecutive frame
 numbers in the file names (``exp<k>_num_<frame>.jpg``); the shots of one tile are a run of frame numbers
-with gaps of at most 200 and one class.
+with gaps of at most 200 and one class. The tile split puts every 4th good tile (in frame order), with all its
+shots, into test.
 """
 from __future__ import annotations
 
@@ -20,3 +21,8 @@ def tile_of(items: Iterable[tuple[str, str]]) -> dict[str, int]:
             tile += 1
         out[str(item[0])], prev = tile, item
     return out
+
+
+def test_tiles(tiles: dict[str, int], good_paths: Iterable[str]) -> set[int]:
+    """The good tiles of the tile split's test side: every 4th, in frame order."""
+    return set(sorted({tiles[str(p)] for p in good_paths})[::4])

@@ -28,7 +28,7 @@ from defectlab.anomaly import build_model
 from defectlab.anomaly.runner import RunConfig
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.metrics import anomaly_metrics
-from magnetic_tile_split import tile_of
+from magnetic_tile_split import test_tiles, tile_of
 
 size = int(sys.argv[1]); mode = sys.argv[2]; opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 sub = int(os.environ.get("SUB", "1"))
@@ -38,7 +38,7 @@ train = idx.select(split="train"); test = idx.select(split="test")[::sub]
 if os.environ.get("SPLIT") == "tiles":
     tiles = tile_of((str(r.path), r.defect_type) for r in train + idx.select(split="test"))
     good = [r for r in train + idx.select(split="test") if r.label == 0]
-    held = set(sorted({tiles[str(r.path)] for r in good})[::4])
+    held = test_tiles(tiles, (r.path for r in good))
     sides = {}
     for r in good:
         sides.setdefault(tiles[str(r.path)], set()).add(r.split)

@@ -25,7 +25,7 @@ import torch
 
 from defectlab.anomaly.coreset import StreamingCoreset
 from defectlab.anomaly.patchcore import nearest
-from magnetic_tile_split import tile_of
+from magnetic_tile_split import test_tiles, tile_of
 from patchcore_sweep import HERE, embed, extract
 
 LAYERS = ["_blocks.4", "_blocks.10"]
@@ -43,9 +43,9 @@ def main() -> None:
               for i, (path, label, kind) in enumerate(data[split][1])]
     tiles = tile_of((im[2], im[4]) for im in images)
     good = [im for im in images if im[3] == 0]
-    test_tiles = set(sorted({tiles[im[2]] for im in good})[::4])
-    train_good = [im for im in good if tiles[im[2]] not in test_tiles]
-    test_good = [im for im in good if tiles[im[2]] in test_tiles]
+    held = test_tiles(tiles, (im[2] for im in good))
+    train_good = [im for im in good if tiles[im[2]] not in held]
+    test_good = [im for im in good if tiles[im[2]] in held]
     defective = [im for im in images if im[3] == 1]
 
     def embedded(ims: list) -> torch.Tensor:

@@ -98,11 +98,13 @@ class StreamingCoreset:
     def _flush_full_chunks(self) -> None:
         """Reduce the pending batches in groups of at least ``chunk_size`` rows, in arrival order."""
         group: list[torch.Tensor] = []
+        n = 0
         for rows in self.pending:
             group.append(rows)
-            if sum(len(g) for g in group) >= self.chunk_size:
+            n += len(rows)
+            if n >= self.chunk_size:
                 self._reduce_chunk(group)
-                group = []
+                group, n = [], 0
         self.pending = group
 
     def _reduce_chunk(self, batches: list[torch.Tensor]) -> None:

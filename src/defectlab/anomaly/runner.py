@@ -6,13 +6,12 @@
 
 Which images are used: the ``train`` split's good images are fitted on, except ``holdout`` of them
 (default 10%, chosen with ``seed``) kept aside to set the deployable thresholds; a ``val`` split's good
-images (from ``defectlab data split`` manifests) are used for the thresholds instead when present. When
-several images show one part (views, lightings), ``holdout_group`` names the part from the file name
+images (from ``defectlab data split`` manifests) are used for the thresholds instead when present.
+When several images show one part (views, lightings), ``holdout_group`` names the part from the file name
 (e.g. ``'^(part[0-9]+)_'``) and whole parts are held out: held-out shots whose siblings are fitted on score
 like training images and set the threshold too low (on magnetic_tile: 16% instead of 4% false alarms on new
-tiles, bench/threshold_holdout.py). The
-``test`` split is evaluated; pixel metrics compare maps mapped back to the original image size with the
-original masks (letterbox padding never counts).
+tiles, bench/threshold_holdout.py). The ``test`` split is evaluated; pixel metrics compare maps mapped
+back to the original image size with the original masks (letterbox padding never counts).
 
 Defaults and why (resize and size set without test labels): ``resize="letterbox"``, ``image_size=256``.
 Letterbox keeps the aspect ratio (inspection crops are often elongated: magnetic_tile's are 103-617 px wide), so thin

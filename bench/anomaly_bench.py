@@ -1,7 +1,7 @@
 """PatchCore speed, memory and accuracy: defectlab vs anomalib 2.7, side by side, one run each.
 
-    /root/.cache/defectlab/dev/bin/python bench/anomaly_bench.py --dataset magnetic_tile
-    /root/.cache/defectlab/dev/bin/python bench/anomaly_bench.py --dataset synthetic
+    $VENV/bin/python bench/anomaly_bench.py --dataset magnetic_tile
+    $VENV/bin/python bench/anomaly_bench.py --dataset synthetic
 
 What it does (see bench/README.md for the details and the caveats):
 
@@ -512,8 +512,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="magnetic_tile (from ../shared/data) and/or synthetic")
     p.add_argument("--data", help="dataset folder (default ../shared/data/<dataset>)")
     p.add_argument("--image-size", type=int, default=None, help="default: the runner's (RunConfig)")
-    p.add_argument("--resize", default=None, choices=["squash", "letterbox", "crop"],
-                   help="default: the runner's (RunConfig)")
+    p.add_argument("--resize", default="letterbox", choices=["squash", "letterbox", "crop"],
+                   help="one input size for both sides (anomalib's Patchcore takes no other)")
     p.add_argument("--max-train", type=int, default=0,
                    help="use this many training images (evenly spread) on both sides; 0 = all")
     p.add_argument("--max-test", type=int, default=0,
@@ -549,7 +549,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.image_size is None:
         size = run_defaults.image_size
         args.image_size = size if isinstance(size, int) else size[0]
-    args.resize = args.resize or run_defaults.resize
     args.coreset_ratio = args.coreset_ratio if args.coreset_ratio is not None else pc_defaults.coreset_ratio
     args.num_neighbours = args.num_neighbours if args.num_neighbours is not None else pc_defaults.num_neighbours
     if args.coreset_probe:

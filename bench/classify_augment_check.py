@@ -1,6 +1,6 @@
 """Sanity check of the augmentation pipeline: does ``augment: basic`` help where it should?
 
-    /root/.cache/defectlab/dev/bin/python bench/classify_augment_check.py
+    $VENV/bin/python bench/classify_augment_check.py
 
 Synthetic textures (``defectlab.data.synthetic``, 64 px, 30 images per class: good + 4 defect types),
 split 50/20/30 %, simple_cnn, 12 epochs, with ``augment: none`` and ``basic``. Written because basic

@@ -1,6 +1,6 @@
 """The shipped classification examples on magnetic_tile defect types: every attempt's test metrics.
 
-    /root/.cache/defectlab/dev/bin/python bench/classify_magnetic.py
+    $VENV/bin/python bench/classify_magnetic.py
 
 Runs ``examples/classify_series.yaml`` and ``examples/classify_architectures.yaml`` unchanged (the same
 as ``defectlab classify run EXAMPLE --out bench/results/tmp/<name>``) and writes

@@ -1,6 +1,6 @@
 """NEU-DET steel surface defects (6 balanced classes): pretrained MobileNetV2, 5-fold test accuracy.
 
-    /root/.cache/defectlab/dev/bin/python bench/classify_neu.py
+    $VENV/bin/python bench/classify_neu.py
 
 The index is ``open_dataset``'s prefix layout (class = file name without its trailing ``_<number>``)
 over ``IMAGES/`` and ``Validation_Images/`` (1800 images). 5 folds, no separate test split: for fold k, fold k is the

@@ -1,6 +1,6 @@
 """Training throughput of the classify trainer vs bare forward+backward of the same model and batch.
 
-    /root/.cache/defectlab/dev/bin/python bench/classify_throughput.py
+    $VENV/bin/python bench/classify_throughput.py
 
 Trainer: ``defectlab.classify.train.Trainer`` on magnetic_tile images decoded and resized once
 (``cache_images``; decode time reported separately), the ``train_s`` column of its epochs (the

@@ -1,6 +1,6 @@
 """PatchCore (or another method) on magnetic_tile through the library's own model API, one config per run.
 
-    python bench/patchcore_magnetic_tile.py SIZE MODE '{"coreset_ratio": 0.01}'   # MODE: letterbox|squash|crop|native
+    python bench/patchcore_magnetic_tile.py SIZE MODE '{"coreset_ratio": 0.01}'   # MODE: native|letterbox|squash|crop
     (the JSON holds the method's config keys, plus "model" and "standardize": RunConfig's defaults if absent)
     SUB=2 (every 2nd test image), THREADS=2, DATA=path/to/category, TAG=_suffix (output file name)
     SPLIT=tiles: re-split the good images by physical tile instead of using the folders' split (below)
@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 from defectlab.data.index import open_dataset
 from defectlab.data.dataset import DefectDataset
 from defectlab.data.transforms import as_hw
-from defectlab.anomaly.detector import Preprocess
+from defectlab.anomaly.detector import Preprocess, same_size_runs
 from defectlab.data.io import load_mask, read_info
 from defectlab.anomaly import build_model
-from defectlab.anomaly.runner import RunConfig
+from defectlab.anomaly.runner import RunConfig, native_scale
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.metrics import anomaly_metrics
 from magnetic_tile_split import test_tiles, tile_of
@@ -48,16 +48,22 @@ if os.environ.get("SPLIT") == "tiles":
     print(f"tile split: {len(train)} train, {len(test)} test ({sum(r.label == 0 for r in test)} good)", flush=True)
 std_int = opts.pop("standardize", RunConfig.standardize)
 model = build_model(opts.pop("model", "patchcore"), opts)
-# the detector's own preprocessing; "native": one scale factor, 330 px = the median longer side -> scale 1.0
-tf = Preprocess(as_hw(size), mode, model.mean, model.std, scale=size / 330.0, standardize=std_int).transform()
-bs = 1 if mode == "native" else 16
+# the detector's own preprocessing; "native": one scale factor, the median training image's longer side -> SIZE
+scale = native_scale(train, size) if mode == "native" else 1.0
+print(f"scale {scale:.3f}", flush=True)
+tf = Preprocess(as_hw(size), mode, model.mean, model.std, scale=scale, standardize=std_int).transform()
+def loader(records):  # as the library's runner: "native" batches consecutive images of one size
+    if mode != "native":
+        return DataLoader(DefectDataset(records, tf), batch_size=16)
+    sizes = [(read_info(r.path).width, read_info(r.path).height) for r in records]
+    return DataLoader(DefectDataset(records, tf), batch_sampler=same_size_runs(sizes, 16))
 t0 = time.time()
-model.fit(DataLoader(DefectDataset(train, tf), batch_size=bs, num_workers=0))
+model.fit(loader(train))
 fit_s = time.time() - t0
 print("fit", fit_s, model.summary(), flush=True)
 labels, scores, masks, maps, types = [], [], [], [], []
 t0 = time.time(); t_pred = 0
-for s in DataLoader(DefectDataset(test, tf), batch_size=bs):
+for s in loader(test):
     t1 = time.time(); out = model.predict(s.image); t_pred += time.time() - t1
     for i, p in enumerate(s.path):
         info = read_info(p); hw = (info.height, info.width)

@@ -1,12 +1,12 @@
 """Inspection in production, CPU: /inspect latency (p50/p95) and ``inspect`` images/s, torch vs onnxruntime.
 
-    /root/.cache/defectlab/dev/bin/python bench/serve_bench.py                       # magnetic_tile if present
-    /root/.cache/defectlab/dev/bin/python bench/serve_bench.py --dataset synthetic   # no shared data needed
+    $VENV/bin/python bench/serve_bench.py                       # magnetic_tile if present
+    $VENV/bin/python bench/serve_bench.py --dataset synthetic   # no shared data needed
     # reuse a fitted run, inspect an evenly spread subset of 120 test images, 100 requests per engine
     ... bench/serve_bench.py --run bench/results/tmp/serve_run_magnetic_tile --max-test 120 --requests 100
 
-1. Fits the default detector (``defectlab anomaly fit`` defaults: PatchCore, ImageNet mobilenet_v2, 320 px
-   letterbox, 1% coreset) on the dataset's train/good images, or reuses ``--run``; exports it to ONNX.
+1. Fits the default detector (``defectlab anomaly fit`` defaults: see ``RunConfig`` and ``PatchCoreConfig``)
+   on the dataset's train/good images, or reuses ``--run``; exports it to ONNX.
 2. ``inspect`` (``inspect_folder``, batch 8) over the test images with each engine, alternating, best of
    two rounds without heatmaps, then one round writing heatmap PNGs: images/s after one warm-up batch
    (image decoding, preprocessing, inference, maps back to full size, boxes, CSV); checks both engines'

@@ -80,6 +80,7 @@ class AnomalyModel(nn.Module):
     Config: ClassVar[type]
     name: ClassVar[str] = "?"
     fixed_input: ClassVar[bool] = False  # True: every image must have the fitted input size (no "native")
+    default_resize: ClassVar[str] = "letterbox"  # what the runner's resize="auto" means for this method
 
     def __init__(self, config: Any = None, *, pretrained: bool = True) -> None:
         super().__init__()

@@ -61,6 +61,17 @@ class Preprocess:
                              standardize=self.standardize)
 
 
+def same_size_runs(sizes: Sequence[Any], batch_size: int) -> list[list[int]]:
+    """Indices in order, cut into batches of at most ``batch_size`` wherever the size changes."""
+    runs: list[list[int]] = []
+    for i, size in enumerate(sizes):
+        if runs and sizes[runs[-1][0]] == size and len(runs[-1]) < batch_size:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 class NativeTransform:
     """``(PIL, mask | None) -> (3xhxw, 1xhxw)``: one fixed scale factor for all images, no padding, so a
     pixel keeps the same physical size in every image (one camera), whatever the crop's shape."""
@@ -139,12 +150,11 @@ class Detector:
                     pils.append(load_pil(im, self.preprocess.mode))
                     names.append(str(im))
             tensors = [self._transform(p, None)[0] for p in pils]
-            if self.preprocess.variable_size:  # images of different sizes: one at a time
-                outs = [self.predict_tensor(t[None]) for t in tensors]
-                scores, maps = [float(o.scores[0]) for o in outs], [o.maps[0] for o in outs]
-            else:
-                res = self.predict_tensor(torch.stack(tensors))
-                scores, maps = res.scores.tolist(), list(res.maps)
+            scores, maps = [], []
+            for run in same_size_runs([t.shape for t in tensors], batch_size):  # "native": sizes differ
+                res = self.predict_tensor(torch.stack([tensors[k] for k in run]))
+                scores += res.scores.tolist()
+                maps += list(res.maps)
             for name, pil, score, amap in zip(names, pils, scores, maps):
                 full = map_to_original(amap, (pil.height, pil.width), self.preprocess.resize)
                 is_defect = bool(score > self.thresholds.image)

@@ -71,6 +71,7 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
 class PatchCore(AnomalyModel):
     Config = PatchCoreConfig
     name = "patchcore"
+    default_resize = "native"  # one scale factor, no padding: every patch the same physical size (runner)
 
     def __init__(self, config: PatchCoreConfig | None = None, *, pretrained: bool = True) -> None:
         super().__init__(config, pretrained=pretrained)

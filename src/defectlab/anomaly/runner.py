@@ -13,16 +13,20 @@ like training images and set the threshold too low (on magnetic_tile: 16% instea
 tiles, bench/threshold_holdout.py). The ``test`` split is evaluated; pixel metrics compare maps mapped
 back to the original image size with the original masks (letterbox padding never counts).
 
-Defaults and why (resize and size set without test labels): ``resize="letterbox"``, ``image_size=256``.
-Letterbox keeps the aspect ratio (inspection crops are often elongated: magnetic_tile's are 103-617 px wide), so thin
-defects keep their shape, and one fixed input size keeps every image's patch count equal, so the
-max-over-patches image score has no image-size bias (``native``, one scale factor and variable sizes,
-was measured much worse at the image level for that reason: docs/anomaly.md). 256 px is the usual
-PatchCore resolution and keeps CPU inference fast. ``standardize=True``: each image's intensities are
-brought to one mean and spread before anything else (``defectlab.data.transforms.standardize_intensity``),
-because exposure and gain drift between shots of one product while the model should judge texture and
-shape; kept after seeing its effect on magnetic_tile's test labels: image AUROC +0.01-0.02, pixel AUROC
-+0.01 (docs/anomaly.md).
+Defaults and why: ``resize="auto"``, ``image_size=256``. ``auto`` is the method's own choice. PatchCore
+takes ``native``: every image is scaled by ONE factor (the median training image's longer side becomes 256
+px), so aspect ratio and physical pixel size are kept, nothing is padded or stretched, and a patch covers
+the same area of the part in every image (one camera); images of one size are batched together. The
+fixed-grid methods (PaDiM, knn, deep_svdd, ocsvm) and the autoencoder (native not measured) take
+``letterbox`` (aspect ratio kept, zero padding to one square size). On magnetic_tile (crops 103-617 px
+wide), native against letterbox, both 256: better localisation on both splits (pixel AUROC +0.015 /
++0.008, AUPRO +0.019 / +0.011, folders / by tile), image AUROC -0.001 / -0.011, and 1.4x faster inference
+(smaller inputs, no padding); docs/anomaly.md. On datasets of one square size (MVTec AD) native, letterbox
+and squash are the same. 256 px is the usual PatchCore resolution and keeps CPU inference fast.
+``standardize=True``: each image's intensities are brought to one mean and spread before anything else
+(``defectlab.data.transforms.standardize_intensity``), because exposure and gain drift between shots of one
+product while the model should judge texture and shape; kept after seeing its effect on magnetic_tile's
+test labels: image AUROC +0.01-0.02, pixel AUROC +0.01 (docs/anomaly.md).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from torch.utils.data import DataLoader
 
 from defectlab.anomaly import build_model
 from defectlab.anomaly.base import AnomalyModel
-from defectlab.anomaly.detector import Detector, Preprocess, Thresholds
+from defectlab.anomaly.detector import Detector, Preprocess, Thresholds, same_size_runs
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.config import atomic_write_text, write_json
 from defectlab.data.dataset import DefectDataset
@@ -64,7 +68,7 @@ class RunConfig:
     model: str = "patchcore"  # a name in defectlab.anomaly.ANOMALY_MODELS
     options: dict[str, Any] = field(default_factory=dict)  # the method's own Config (backbone, weights, ...)
     image_size: int | tuple[int, int] = 256  # model input (H, W); an int means square ("native": see there)
-    resize: str = "letterbox"  # letterbox | squash | crop | native (one scale factor, sizes vary)
+    resize: str = "auto"  # auto (the method's own) | native (one scale factor, sizes vary) | letterbox | squash | crop
     standardize: bool = True  # per-image intensity standardisation (exposure/gain differences between shots)
     holdout: float = 0.1  # fraction of train/good kept aside for the deployable threshold
     holdout_group: str = ""  # regex: the part an image shows, from its file name (first group, else the match)
@@ -76,24 +80,33 @@ class RunConfig:
 
 
 def _loader(records: Sequence[SampleRecord], preprocess: Preprocess, cfg: RunConfig) -> DataLoader:
-    batch = 1 if preprocess.variable_size else cfg.batch_size  # "native": images differ in size
-    return DataLoader(DefectDataset(records, preprocess.transform(), mode=preprocess.mode),
-                      batch_size=batch, num_workers=cfg.num_workers, shuffle=False)
+    dataset = DefectDataset(records, preprocess.transform(), mode=preprocess.mode)
+    if preprocess.variable_size:  # "native": sizes differ, so a batch holds consecutive images of one size
+        runs = same_size_runs([_size(r) for r in records], cfg.batch_size)
+        return DataLoader(dataset, batch_sampler=runs, num_workers=cfg.num_workers)
+    return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
+
+
+def _size(record: SampleRecord) -> tuple[int, int]:
+    info = read_info(record.path)
+    return info.width, info.height
 
 
 def resolve_resize(resize: str, model: AnomalyModel) -> str:
-    """Check the resize mode against the method (fixed-grid methods cannot take ``native``)."""
+    """``auto`` -> the method's own default; check the mode against the method (fixed-grid methods cannot
+    take ``native``)."""
+    resize = model.default_resize if resize == "auto" else resize
     if resize == "native" and model.fixed_input:
         raise ConfigError(f"{model.name} needs one input size for all images: use --resize letterbox, squash or crop")
     if resize not in ("native", "squash", "letterbox", "crop"):
-        raise ConfigError(f"unknown resize mode '{resize}'; known: letterbox, squash, crop, native")
+        raise ConfigError(f"unknown resize mode '{resize}'; known: auto, native, letterbox, squash, crop")
     return resize
 
 
 def native_scale(records: Sequence[SampleRecord], image_size: int | tuple[int, int]) -> float:
     """The one scale factor of ``resize="native"``: the median training image's longer side becomes
     ``max(image_size)`` (read from image headers only)."""
-    sides = sorted(max(read_info(r.path).width, read_info(r.path).height) for r in records)
+    sides = sorted(max(_size(r)) for r in records)
     return max(as_hw(image_size)) / float(sides[len(sides) // 2])
 
 

@@ -42,8 +42,10 @@ def fit(
     model: Optional[str] = typer.Option(None, help="Method: patchcore (default), padim, knn, autoencoder, deep_svdd, ocsvm."),
     backbone: Optional[str] = typer.Option(None, help="Backbone (default efficientnet_lite0 for patchcore)."),
     weights: Optional[str] = typer.Option(None, help="imagenet (default, found offline) | none | FILE."),
-    image_size: Optional[int] = typer.Option(None, help="Model input size in pixels (default 256)."),
-    resize: Optional[str] = typer.Option(None, help="letterbox (default) | squash | crop | native."),
+    image_size: Optional[int] = typer.Option(None, help="Model input size in pixels (default 256; native: the "
+                                                        "median training image's longer side)."),
+    resize: Optional[str] = typer.Option(None, help="auto (default: native for patchcore, letterbox for the "
+                                                    "others) | native | letterbox | squash | crop."),
     standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize",
                                                help="Per-image intensity standardisation (default on)."),
     coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.01)."),

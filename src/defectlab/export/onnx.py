@@ -3,7 +3,7 @@
 ``export_onnx(RUN)`` writes into ``RUN/onnx/``:
 
 * ``features.onnx``: the backbone cut at the method's feature layers, ``image (B,3,H,W) -> one output per
-  layer`` (any feature-based method);
+  layer`` (any feature-based method); batch, height and width are free (``native`` inputs vary in size);
 * ``scorer.onnx``: the whole scorer where the method allows it, ``image -> scores (B,), maps (B,H,W)``.
   PatchCore is exportable end to end: patch embedding, nearest-neighbour distance to the memory bank as
   ``|q|^2 - 2 q.B^T + |B|^2`` (MatMul + ReduceMin, the torch path's own formula), the paper's re-weighting
@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,23 +58,22 @@ class FeatureGraph(nn.Module):
 class PatchCoreGraph(nn.Module):
     """PatchCore's ``predict`` as one traceable graph (same formulas, re-weighting vectorised)."""
 
-    def __init__(self, model: AnomalyModel, image_hw: tuple[int, int]) -> None:
+    def __init__(self, model: AnomalyModel) -> None:
         super().__init__()
         self.extractor = model.features.extractor  # type: ignore[union-attr]
         self.cfg = model.config
-        self.image_hw = tuple(image_hw)
         self.register_buffer("bank", model.memory_bank_.detach().clone())  # type: ignore[union-attr]
         self.register_buffer("bank_sq", model.bank_sq_.detach().clone())  # type: ignore[union-attr]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = patch_embedding(self.extractor(x), neighbourhood=self.cfg.neighbourhood,
                               max_dim=self.cfg.max_feature_dim)
-        c, h, w = (int(s) for s in emb.shape[1:])
-        q = emb.permute(0, 2, 3, 1).reshape(-1, h * w, c)  # (B, P, C)
+        c = int(emb.shape[1])  # channels are fixed; height and width stay symbolic (any input size)
+        q = emb.flatten(2).transpose(1, 2)  # (B, P, C)
         d2 = (q * q).sum(-1, keepdim=True) - 2 * (q @ self.bank.T) + self.bank_sq  # (B, P, N)
         d2min, idx = d2.min(dim=-1)
         patch = d2min.clamp_min(0).sqrt()  # (B, P)
-        maps = gaussian_blur(upsample(patch.reshape(-1, h, w), self.image_hw), self.cfg.sigma)
+        maps = gaussian_blur(upsample(patch.view_as(emb[:, 0]), x.shape[-2:]), self.cfg.sigma)
         p = patch.argmax(dim=1, keepdim=True)  # (B, 1) most anomalous patch
         s_star = patch.gather(1, p)[:, 0]
         k = min(int(self.cfg.num_neighbours), int(self.bank.shape[0]))
@@ -94,13 +94,15 @@ class PatchCoreGraph(nn.Module):
 SCORER_GRAPHS = {"patchcore": PatchCoreGraph}
 
 
-def _export(module: nn.Module, example: torch.Tensor, outputs: list[str]) -> bytes:
+def _export(module: nn.Module, example: torch.Tensor, outputs: dict[str, dict[int, str]]) -> bytes:
+    """Trace ``module`` on ``example``; batch, height and width of the image stay free (``outputs``: each
+    output's free axes)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and legacy-exporter notices: the result is verified below
         torch.onnx.export(module.eval(), (example,), buf, dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=outputs,
-                          dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
+                          input_names=["image"], output_names=list(outputs),
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, **outputs})
     return buf.getvalue()
 
 
@@ -130,32 +132,37 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, verify_batch:
     out_dir = Path(out) if out is not None else run / ONNX_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     h, w = det.preprocess.image_size
-    torch.manual_seed(0)
-    example = torch.randn(verify_batch, 3, h, w)
+    torch.manual_seed(0)  # checked at the fitted size and at another one ("native" inputs vary in size)
+    examples = [torch.randn(verify_batch, 3, h, w), torch.randn(verify_batch, 3, h + h // 2, w + w // 4)]
     summary: dict[str, Any] = {"format": "defectlab-onnx/1", "method": det.method, "opset": OPSET,
                                "image_size": [h, w], "model_sha256": sha256_file(run / "model.safetensors")}
     feat = FeatureGraph(model)
     layers = list(model.features.layers)  # type: ignore[union-attr]
-    data = _export(feat, example[:1], [f"feat_{i}" for i in range(len(layers))])
+    free = {f"feat_{i}": {0: "batch", 2: f"height_{i}", 3: f"width_{i}"} for i in range(len(layers))}
+    data = _export(feat, examples[0][:1], free)
     _write_bytes(out_dir / FEATURES_FILE, data)
-    with torch.no_grad():
-        ref = feat(example)
-    got = _session(data).run(None, {"image": example.numpy()})
-    summary["features"] = {"file": FEATURES_FILE, "layers": layers,
-                           "max_abs_diff": max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))}
+    session, diff = _session(data), 0.0
+    for x in examples:
+        with torch.no_grad():
+            ref = feat(x)
+        got = session.run(None, {"image": x.numpy()})
+        diff = max([diff] + [float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref)])
+    summary["features"] = {"file": FEATURES_FILE, "layers": layers, "max_abs_diff": diff}
     graph_cls = SCORER_GRAPHS.get(det.method)
     if graph_cls is None:
         summary["scorer"] = None
         summary["note"] = f"{det.method}: only the feature extractor is exportable; its scoring stays in torch"
     else:
-        graph = graph_cls(model, (h, w))
-        data = _export(graph, example[:1], ["scores", "maps"])
+        data = _export(graph_cls(model), examples[0][:1], {"scores": {0: "batch"},
+                                                           "maps": {0: "batch", 1: "height", 2: "width"}})
         _write_bytes(out_dir / SCORER_FILE, data)
-        ref_out = det.predict_tensor(example)
-        scores, maps = _session(data).run(None, {"image": example.numpy()})
-        summary["scorer"] = {"file": SCORER_FILE,
-                             "max_abs_diff_scores": float(np.abs(scores - ref_out.scores.numpy()).max()),
-                             "max_abs_diff_maps": float(np.abs(maps - ref_out.maps.numpy()).max())}
+        session, d_scores, d_maps = _session(data), 0.0, 0.0
+        for x in examples:
+            ref_out = det.predict_tensor(x)
+            scores, maps = session.run(None, {"image": x.numpy()})
+            d_scores = max(d_scores, float(np.abs(scores - ref_out.scores.numpy()).max()))
+            d_maps = max(d_maps, float(np.abs(maps - ref_out.maps.numpy()).max()))
+        summary["scorer"] = {"file": SCORER_FILE, "max_abs_diff_scores": d_scores, "max_abs_diff_maps": d_maps}
     write_json(out_dir / META_FILE, summary)
     return summary
 
@@ -166,6 +173,11 @@ class OnnxDetector(Detector):
     session: Any = None
 
     def predict_tensor(self, images: torch.Tensor) -> AnomalyOutput:
+        radius = math.ceil(4 * self.model.config.sigma)  # the traced blur pads by this much (reflect)
+        if min(images.shape[-2:]) <= radius:
+            h, w = images.shape[-2:]
+            raise ConfigError(f"an input of {h}x{w} px is too small for the ONNX scorer: its smoothing needs "
+                              f"more than {radius} px per side (use --engine torch)")
         scores, maps = self.session.run(None, {"image": images.detach().cpu().numpy().astype(np.float32)})
         return AnomalyOutput(torch.from_numpy(scores), torch.from_numpy(maps))
 

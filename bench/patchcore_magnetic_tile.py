@@ -18,14 +18,12 @@ bench/results/patchcore_magnetic_tile_<SIZE>_<MODE>.json (with the load average 
 import sys, time, os, json, numpy as np, torch
 from pathlib import Path
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-from torch.utils.data import DataLoader
 from defectlab.data.index import open_dataset
-from defectlab.data.dataset import DefectDataset
 from defectlab.data.transforms import as_hw
-from defectlab.anomaly.detector import Preprocess, same_size_runs
+from defectlab.anomaly.detector import Preprocess
 from defectlab.data.io import load_mask, read_info
 from defectlab.anomaly import build_model
-from defectlab.anomaly.runner import RunConfig, native_scale
+from defectlab.anomaly.runner import RunConfig, image_loader, native_scale
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.metrics import anomaly_metrics
 from magnetic_tile_split import test_tiles, tile_of
@@ -51,12 +49,9 @@ model = build_model(opts.pop("model", "patchcore"), opts)
 # the detector's own preprocessing; "native": one scale factor, the median training image's longer side -> SIZE
 scale = native_scale(train, size) if mode == "native" else 1.0
 print(f"scale {scale:.3f}", flush=True)
-tf = Preprocess(as_hw(size), mode, model.mean, model.std, scale=scale, standardize=std_int).transform()
-def loader(records):  # as the library's runner: "native" batches consecutive images of one size
-    if mode != "native":
-        return DataLoader(DefectDataset(records, tf), batch_size=16)
-    sizes = [(read_info(r.path).width, read_info(r.path).height) for r in records]
-    return DataLoader(DefectDataset(records, tf), batch_sampler=same_size_runs(sizes, 16))
+pre = Preprocess(as_hw(size), mode, model.mean, model.std, scale=scale, standardize=std_int)
+def loader(records):  # the library's own ("native": batches of consecutive images of one size)
+    return image_loader(records, pre, RunConfig(batch_size=16))
 t0 = time.time()
 model.fit(loader(train))
 fit_s = time.time() - t0

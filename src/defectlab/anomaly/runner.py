@@ -79,7 +79,8 @@ class RunConfig:
     overlays: int = 24  # test images drawn as heatmap overlays in the run folder
 
 
-def _loader(records: Sequence[SampleRecord], preprocess: Preprocess, cfg: RunConfig) -> DataLoader:
+def image_loader(records: Sequence[SampleRecord], preprocess: Preprocess, cfg: RunConfig) -> DataLoader:
+    """Batches of ``records`` as the model sees them (``cfg.batch_size``, ``cfg.num_workers``)."""
     dataset = DefectDataset(records, preprocess.transform(), mode=preprocess.mode)
     if preprocess.variable_size:  # "native": sizes differ, so a batch holds consecutive images of one size
         runs = same_size_runs([_size(r) for r in records], cfg.batch_size)
@@ -161,12 +162,12 @@ def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
                             standardize=cfg.standardize)
     preprocess.transform()  # validates the resize mode before the long part
     t0 = time.perf_counter()
-    model.fit(_loader(fit_recs, preprocess, cfg))
+    model.fit(image_loader(fit_recs, preprocess, cfg))
     fit_s = time.perf_counter() - t0
     det = Detector(model, cfg.model, preprocess, Thresholds(0.0, 0.0, "unset"))
     scored = hold_recs if hold_recs else fit_recs
     scores, map_max = [], []
-    for batch in _loader(scored, preprocess, cfg):
+    for batch in image_loader(scored, preprocess, cfg):
         out = model.predict(batch.image)
         scores += out.scores.tolist()
         map_max += out.maps.flatten(1).max(1).values.tolist()
@@ -203,7 +204,7 @@ def evaluate(det: Detector, records: Sequence[SampleRecord], *, batch_size: int 
     pred_s = 0.0
     cfg = RunConfig(batch_size=batch_size)
     with_masks = any(r.mask_path is not None for r in records if r.label == 1)
-    loader = _loader(records, det.preprocess, cfg)
+    loader = image_loader(records, det.preprocess, cfg)
     from tqdm.auto import tqdm
 
     for batch in tqdm(loader, desc="test", unit="batch", leave=False, disable=None):

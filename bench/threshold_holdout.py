@@ -43,9 +43,9 @@ def main() -> None:
               for i, (path, label, kind) in enumerate(data[split][1])]
     tiles = tile_of((im[2], im[4]) for im in images)
     good = [im for im in images if im[3] == 0]
-    held = test_tiles(tiles, (im[2] for im in good))
-    train_good = [im for im in good if tiles[im[2]] not in held]
-    test_good = [im for im in good if tiles[im[2]] in held]
+    new_tiles = test_tiles(tiles, (im[2] for im in good))
+    train_good = [im for im in good if tiles[im[2]] not in new_tiles]
+    test_good = [im for im in good if tiles[im[2]] in new_tiles]
     defective = [im for im in images if im[3] == 1]
 
     def embedded(ims: list) -> torch.Tensor:
@@ -71,15 +71,15 @@ def main() -> None:
         for mode, hold in (("random shots", shots),
                            ("whole tiles", {i for i, im in enumerate(train_good) if tiles[im[2]] in held_tiles})):
             fit = [im for i, im in enumerate(train_good) if i not in hold]
-            held = [im for i, im in enumerate(train_good) if i in hold]
+            held_out = [im for i, im in enumerate(train_good) if i in hold]
             sampler = StreamingCoreset(0.01, 152, seed=0)
             for j in range(0, len(fit), 16):
                 e = embedded(fit[j:j + 16])
                 sampler.add(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
             bank = sampler.finish()
-            s_held, s_good, s_def = scores(bank, held), scores(bank, test_good), scores(bank, defective)
+            s_held, s_good, s_def = scores(bank, held_out), scores(bank, test_good), scores(bank, defective)
             thr = float(np.quantile(s_held, args.quantile))
-            run = {"seed": seed, "holdout": mode, "n_held": len(held), "threshold": thr,
+            run = {"seed": seed, "holdout": mode, "n_held": len(held_out), "threshold": thr,
                    "held_median": float(np.median(s_held)), "new_good_median": float(np.median(s_good)),
                    "false_alarms_new_tiles": float(np.mean(s_good > thr)), "defects_flagged": float(np.mean(s_def > thr))}
             runs.append(run)

@@ -14,7 +14,7 @@ from defectlab.anomaly import build_model
 from defectlab.anomaly.detector import Detector, same_size_runs
 from defectlab.anomaly.runner import RunConfig, evaluation_records, evaluate, fit_detector, resolve_resize
 from defectlab.data.index import open_dataset
-from defectlab.errors import ConfigError
+from defectlab.errors import BadInputError, ConfigError
 from defectlab.export.onnx import OnnxDetector, export_onnx
 
 SIZES = [(128, 128), (96, 128), (128, 80)]  # (width, height) given to every third image
@@ -83,8 +83,14 @@ def test_batched_equals_one_by_one_and_onnx_equals_torch_at_every_size(native_ru
     assert len({p.anomaly_map.shape for p in batched}) == 3
 
 
-def test_onnx_refuses_an_input_smaller_than_its_smoothing_window(native_run: Path) -> None:
+def test_onnx_refuses_an_input_smaller_than_its_smoothing_window(native_run: Path, tmp_path: Path) -> None:
     import torch
 
+    onnx = OnnxDetector.load(native_run)
     with pytest.raises(ConfigError, match="too small for the ONNX scorer"):
-        OnnxDetector.load(native_run).predict_tensor(torch.zeros(1, 3, 30, 64))
+        onnx.predict_tensor(torch.zeros(1, 3, 30, 64))
+    tiny = tmp_path / "tiny.png"  # 40 px at the run's scale 0.5: 20 px, under the blur's 33
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(tiny)
+    with pytest.raises(BadInputError, match=r"tiny\.png: 20x20 px after preprocessing, less than the 33 px"):
+        onnx.predict_images([tiny])
+    assert len(Detector.load(native_run).predict_images([tiny])) == 1  # the torch engine takes it

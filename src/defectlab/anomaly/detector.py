@@ -123,6 +123,8 @@ def boxes_from_map(amap: np.ndarray, threshold: float) -> list[tuple[int, int, i
 
 
 class Detector:
+    min_input_side = 1  # smallest preprocessed height/width the model step takes (an engine may need more)
+
     def __init__(self, model: AnomalyModel, method: str, preprocess: Preprocess, thresholds: Thresholds,
                  training: dict[str, Any] | None = None) -> None:
         self.model = model.eval()
@@ -150,6 +152,10 @@ class Detector:
                     pils.append(load_pil(im, self.preprocess.mode))
                     names.append(str(im))
             tensors = [self._transform(p, None)[0] for p in pils]
+            for name, t in zip(names, tensors):
+                if min(t.shape[-2:]) < self.min_input_side:
+                    raise BadInputError(name, f"{t.shape[-2]}x{t.shape[-1]} px after preprocessing, less than the "
+                                              f"{self.min_input_side} px per side this engine needs (use --engine torch)")
             scores, maps = [], []
             for run in same_size_runs([t.shape for t in tensors], batch_size):  # "native": sizes differ
                 res = self.predict_tensor(torch.stack([tensors[k] for k in run]))

@@ -172,12 +172,15 @@ class OnnxDetector(Detector):
 
     session: Any = None
 
+    @property
+    def min_input_side(self) -> int:  # type: ignore[override]
+        return math.ceil(4 * self.model.config.sigma) + 1  # the traced blur pads by ceil(4 sigma) (reflect)
+
     def predict_tensor(self, images: torch.Tensor) -> AnomalyOutput:
-        radius = math.ceil(4 * self.model.config.sigma)  # the traced blur pads by this much (reflect)
-        if min(images.shape[-2:]) <= radius:
+        if min(images.shape[-2:]) < self.min_input_side:
             h, w = images.shape[-2:]
             raise ConfigError(f"an input of {h}x{w} px is too small for the ONNX scorer: its smoothing needs "
-                              f"more than {radius} px per side (use --engine torch)")
+                              f"at least {self.min_input_side} px per side (use --engine torch)")
         scores, maps = self.session.run(None, {"image": images.detach().cpu().numpy().astype(np.float32)})
         return AnomalyOutput(torch.from_numpy(scores), torch.from_numpy(maps))
 

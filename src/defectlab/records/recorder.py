@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,3 +68,25 @@ def from_prediction(pred: Prediction, image: bytes, name: str, width: int, heigh
         latency_ms=latency_ms, source=source, origin=origin, boxes=[[int(v) for v in b] for b in pred.boxes],
         type=dtype, type_prob=prob, type_top=top, regions=regions,
         map_png=map_png(pred) if keep_map else None, image_ext=ext)
+
+
+_VERSIONS: dict[int, tuple[Any, str]] = {}
+
+
+def cached_version(engine: Any) -> str:
+    """``model_version`` computed once per loaded engine."""
+    hit = _VERSIONS.get(id(engine))
+    if hit is None or hit[0] is not engine:
+        hit = (engine, model_version(engine))
+        _VERSIONS[id(engine)] = hit
+    return hit[1]
+
+
+def record_batch(store: Any, engine: Any, items: list[tuple[Path, str, Image.Image, Prediction]],
+                 latency_ms: float, source: str = "") -> list[int]:
+    """Record one ``inspect`` batch: (file, relative name, decoded image, prediction) per image."""
+    version = cached_version(engine)
+    recs = [from_prediction(pred, path.read_bytes(), rel, image.width, image.height, version=version,
+                            latency_ms=latency_ms, source=source, origin="cli", ext=path.suffix)
+            for path, rel, image, pred in items]
+    return store.record_many(recs)

@@ -63,8 +63,10 @@ class Health(BaseModel):
 _KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when the server runs with --api-key.")
 
 
-def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
-    """Build the app; ``run`` is a run folder (loaded now, so a bad run fails at start) or an engine."""
+def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *, records: Any = None,
+               records_images: str | Path | None = None, source: str = "") -> FastAPI:
+    """Build the app; ``run`` is a run folder (loaded now, so a bad run fails at start) or an engine.
+    ``records``: a record store (RecordStore, folder or URL): every /inspect is recorded; /records, /review."""
     engine = load_engine(run, config.engine) if isinstance(run, (str, Path)) else run
     info = engine.info()
     lock = threading.Lock()
@@ -94,6 +96,14 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig()) ->
             pred = engine.predict_images([image])[0]
         return image, pred, t0
 
+    # --- records (defectlab.records): routes + the hook /inspect calls; see serve/records_api.py
+    recorder = None
+    if records is not None:
+        from defectlab.serve.records_api import attach_records
+
+        recorder = attach_records(app, records, check_key, engine, images=records_images, source=source)
+    # --- end records
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
@@ -115,15 +125,19 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig()) ->
                          415: {"description": "Not an image"}, 422: {"description": "Broken image"}})
     def inspect(file: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF or WebP image")],
                 heatmap: Annotated[bool, Query(description="Include the heatmap overlay PNG (base64)")] = True,
+                source: Annotated[str | None, Query(max_length=200, description="Line/station tag")] = None,
                 ) -> InspectResult:
         """Inspect one image: anomaly score, verdict against the deployable threshold, boxes, heatmap."""
         image, pred, t0 = run_one(file)
         png = base64.b64encode(overlay_png(image, pred)).decode("ascii") if heatmap else None
-        return InspectResult(filename=file.filename or "", width=image.width, height=image.height,
-                             score=float(pred.score), threshold=float(pred.threshold),
-                             verdict="defect" if pred.is_defect else "good", is_defect=bool(pred.is_defect),
-                             boxes=[tuple(int(v) for v in b) for b in pred.boxes], heatmap_png=png,
-                             elapsed_ms=round((time.perf_counter() - t0) * 1000, 2))
+        result = InspectResult(filename=file.filename or "", width=image.width, height=image.height,
+                               score=float(pred.score), threshold=float(pred.threshold),
+                               verdict="defect" if pred.is_defect else "good", is_defect=bool(pred.is_defect),
+                               boxes=[tuple(int(v) for v in b) for b in pred.boxes], heatmap_png=png,
+                               elapsed_ms=round((time.perf_counter() - t0) * 1000, 2))
+        if recorder is not None:  # records
+            recorder.record(file, image, pred, result.elapsed_ms, source)
+        return result
 
     @app.post("/inspect/heatmap", dependencies=[Depends(check_key)], response_class=Response,
               responses={200: {"content": {"image/png": {}}, "description": "Heatmap overlay PNG; the score "
@@ -131,7 +145,9 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig()) ->
     def inspect_heatmap(file: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF or WebP image")]
                         ) -> Response:
         """Inspect one image and return the heatmap overlay itself as image/png."""
-        image, pred, _ = run_one(file)
+        image, pred, t0 = run_one(file)
+        if recorder is not None:  # records
+            recorder.record(file, image, pred, round((time.perf_counter() - t0) * 1000, 2))
         return Response(overlay_png(image, pred), media_type="image/png",
                         headers={"X-Defectlab-Score": f"{pred.score:.6g}",
                                  "X-Defectlab-Threshold": f"{pred.threshold:.6g}",

@@ -40,16 +40,16 @@ class Inspection(Base):
     verdict: Mapped[str] = mapped_column(String(16), nullable=False)  # "defect" | "good"
     type: Mapped[str | None] = mapped_column(String(100))  # predicted defect type ("unknown" allowed)
     type_prob: Mapped[float | None] = mapped_column(Float)
-    type_top: Mapped[Any] = mapped_column(JSON)  # [[type, prob], ...] top-3
+    type_top: Mapped[Any] = mapped_column(JSON, nullable=True)  # [[type, prob], ...] top-3
     boxes: Mapped[Any] = mapped_column(JSON, nullable=False)  # [[x0, y0, x1, y1], ...]
-    regions: Mapped[Any] = mapped_column(JSON)  # predicted regions (bundle), free-form JSON list
+    regions: Mapped[Any] = mapped_column(JSON, nullable=True)  # predicted regions (bundle), free-form JSON list
     latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
     priority: Mapped[float] = mapped_column(Float, nullable=False)  # review queue order (higher first)
     review_state: Mapped[str] = mapped_column(String(16), nullable=False)  # queued | skipped | reviewed
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     review_label: Mapped[str | None] = mapped_column(String(16))  # "good" | "defect"
     review_type: Mapped[str | None] = mapped_column(String(100))
-    review_regions: Mapped[Any] = mapped_column(JSON)  # [{"box": [x0,y0,x1,y1], "mask": "map"|"box"}, ...]
+    review_regions: Mapped[Any] = mapped_column(JSON, nullable=True)  # [{"box": [x0,y0,x1,y1], "mask": "map"|"box"}, ...]
     reviewer: Mapped[str | None] = mapped_column(String(200))
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -73,4 +73,4 @@ class Review(Base):
     reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     label: Mapped[str] = mapped_column(String(16), nullable=False)
     type: Mapped[str | None] = mapped_column(String(100))
-    regions: Mapped[Any] = mapped_column(JSON)
+    regions: Mapped[Any] = mapped_column(JSON, nullable=True)

@@ -13,12 +13,23 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from sqlalchemy import inspect, text
-from tests.records_pg import create_database, postgres_server
 
 from defectlab.errors import BadInputError, ConfigError
-from defectlab.records import (BadReview, NewRecord, RecordFilter, ReviewConflict, ReviewInput, UnknownRecord,
-                               apply_review, check, export_table, history, open_store)
+from defectlab.records import (
+    BadReview,
+    NewRecord,
+    RecordFilter,
+    ReviewConflict,
+    ReviewInput,
+    UnknownRecord,
+    apply_review,
+    check,
+    export_table,
+    history,
+    open_store,
+)
 from defectlab.records.schema import current_revision, make_engine, migrate
+from tests.records_pg import create_database, postgres_server
 
 _DB = itertools.count()
 

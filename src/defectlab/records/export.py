@@ -31,8 +31,9 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (json.dumps(v) if k in JSON_COLUMNS and v is not None else v) for k, v in row.items()}
 
 
-def export_table(store: RecordStore, out: str | Path, f: RecordFilter = RecordFilter(), *,
-                 fmt: str | None = None) -> int:
+def export_table(
+    store: RecordStore, out: str | Path, f: RecordFilter = RecordFilter(), *, fmt: str | None = None
+) -> int:
     """Write the matching records (oldest first) to ``out``; the format follows the suffix unless given."""
     out = Path(out)
     fmt = fmt or ("parquet" if out.suffix.lower() == ".parquet" else "csv")
@@ -68,9 +69,17 @@ def export_table(store: RecordStore, out: str | Path, f: RecordFilter = RecordFi
 def _schema():  # type: ignore[no-untyped-def]
     import pyarrow as pa
 
-    types = {"id": pa.int64(), "width": pa.int32(), "height": pa.int32(), "version": pa.int32(),
-             "score": pa.float64(), "threshold": pa.float64(), "type_prob": pa.float64(),
-             "latency_ms": pa.float64(), "priority": pa.float64()}
+    types = {
+        "id": pa.int64(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+        "version": pa.int32(),
+        "score": pa.float64(),
+        "threshold": pa.float64(),
+        "type_prob": pa.float64(),
+        "latency_ms": pa.float64(),
+        "priority": pa.float64(),
+    }
     return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
 
 
@@ -118,7 +127,9 @@ def _write(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def export_dataset(store: RecordStore, out: str | Path, *, fmt: str = "mvtec", progress: bool = True) -> dict[str, Any]:
+def export_dataset(
+    store: RecordStore, out: str | Path, *, fmt: str = "mvtec", progress: bool = True
+) -> dict[str, Any]:
     """Write the reviewed records as a dataset; returns counts (also written to ``OUT/records_export.json``)."""
     if fmt not in DATASET_FORMATS:
         raise ConfigError(f"unknown dataset format '{fmt}'; known: {', '.join(DATASET_FORMATS)}")
@@ -146,8 +157,13 @@ def export_dataset(store: RecordStore, out: str | Path, *, fmt: str = "mvtec", p
         from defectlab.export.coco import export_coco
 
         export_coco(items, sorted(categories), out, images="copy", segm="both")
-    summary = {"format": fmt, "out": str(out), "images": len(rows), "per_label": counts,
-               "record_ids": [r["id"] for r in rows]}
+    summary = {
+        "format": fmt,
+        "out": str(out),
+        "images": len(rows),
+        "per_label": counts,
+        "record_ids": [r["id"] for r in rows],
+    }
     write_json(out / "records_export.json", summary)
     return summary
 
@@ -157,5 +173,6 @@ def _coco_item(store: RecordStore, row: dict[str, Any], name: str, label: str): 
     from defectlab.export.items import ExportItem
 
     instances = [] if label == "good" else mask_instances(review_mask(store, row), label)
-    return ExportItem(store.images.path(row["image_path"]), name, row["width"], row["height"], "train",
-                      instances, label)
+    return ExportItem(
+        store.images.path(row["image_path"]), name, row["width"], row["height"], "train", instances, label
+    )

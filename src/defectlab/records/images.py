@@ -25,7 +25,9 @@ class ImageFolder:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise BadInputError(self.root, f"cannot create the record image folder ({exc.strerror})") from None
+            raise BadInputError(
+                self.root, f"cannot create the record image folder ({exc.strerror})"
+            ) from None
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise BadInputError(self.root, "the record image folder is not writable")
 
@@ -48,8 +50,11 @@ class ImageFolder:
 
     def files(self) -> list[str]:
         """Every stored file (relative), temp files excluded."""
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob("*/*")
-                      if p.is_file() and not p.name.endswith(TMP_SUFFIX))
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.glob("*/*")
+            if p.is_file() and not p.name.endswith(TMP_SUFFIX)
+        )
 
     def leftovers(self) -> list[Path]:
         """Temp files of writers killed mid-write (safe to delete when no writer runs)."""

@@ -22,9 +22,21 @@ def check(store: RecordStore, *, hashes: bool = True, limit: int = 20) -> dict[s
     last = 0
     with store.engine.connect() as conn:
         while True:
-            chunk = conn.execute(select(t.c.id, t.c.image_path, t.c.image_sha256, t.c.map_path, t.c.verdict,
-                                        t.c.review_state, t.c.review_label, t.c.version)
-                                 .where(t.c.id > last).order_by(t.c.id).limit(5000)).all()
+            chunk = conn.execute(
+                select(
+                    t.c.id,
+                    t.c.image_path,
+                    t.c.image_sha256,
+                    t.c.map_path,
+                    t.c.verdict,
+                    t.c.review_state,
+                    t.c.review_label,
+                    t.c.version,
+                )
+                .where(t.c.id > last)
+                .order_by(t.c.id)
+                .limit(5000)
+            ).all()
             if not chunk:
                 break
             for r in chunk:
@@ -39,13 +51,20 @@ def check(store: RecordStore, *, hashes: bool = True, limit: int = 20) -> dict[s
                     referenced.add(r.map_path)
                     if not store.images.path(r.map_path).is_file():
                         problems.append(f"record {r.id}: map {r.map_path} missing")
-                if r.verdict not in VERDICTS or r.review_state not in (QUEUED, SKIPPED, REVIEWED) or r.version < 1:
+                if (
+                    r.verdict not in VERDICTS
+                    or r.review_state not in (QUEUED, SKIPPED, REVIEWED)
+                    or r.version < 1
+                ):
                     problems.append(f"record {r.id}: invalid verdict/state/version")
                 if (r.review_state == REVIEWED) != (r.review_label is not None):
                     problems.append(f"record {r.id}: review state and label disagree")
             last = chunk[-1].id
-        latest = dict(conn.execute(select(Review.inspection_id, func.max(Review.version))
-                                   .group_by(Review.inspection_id)).all())
+        latest = dict(
+            conn.execute(
+                select(Review.inspection_id, func.max(Review.version)).group_by(Review.inspection_id)
+            ).all()
+        )
         versions = dict(conn.execute(select(t.c.id, t.c.version).where(t.c.review_state == REVIEWED)).all())
     for rid, version in versions.items():
         if latest.get(rid) != version:
@@ -54,5 +73,12 @@ def check(store: RecordStore, *, hashes: bool = True, limit: int = 20) -> dict[s
         problems.append(f"record {rid}: review history but no review state")
     files = set(store.images.files())
     leftovers = [p.as_posix() for p in store.images.leftovers()]
-    return {"ok": not problems, "records": rows, "images": len(files), "unreferenced_images": len(files - referenced),
-            "temp_files": leftovers[:limit], "problems": problems[:limit], "n_problems": len(problems)}
+    return {
+        "ok": not problems,
+        "records": rows,
+        "images": len(files),
+        "unreferenced_images": len(files - referenced),
+        "temp_files": leftovers[:limit],
+        "problems": problems[:limit],
+        "n_problems": len(problems),
+    }

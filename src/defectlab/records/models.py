@@ -42,14 +42,18 @@ class Inspection(Base):
     type_prob: Mapped[float | None] = mapped_column(Float)
     type_top: Mapped[Any] = mapped_column(JSON, nullable=True)  # [[type, prob], ...] top-3
     boxes: Mapped[Any] = mapped_column(JSON, nullable=False)  # [[x0, y0, x1, y1], ...]
-    regions: Mapped[Any] = mapped_column(JSON, nullable=True)  # predicted regions (bundle), free-form JSON list
+    regions: Mapped[Any] = mapped_column(
+        JSON, nullable=True
+    )  # predicted regions (bundle), free-form JSON list
     latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
     priority: Mapped[float] = mapped_column(Float, nullable=False)  # review queue order (higher first)
     review_state: Mapped[str] = mapped_column(String(16), nullable=False)  # queued | skipped | reviewed
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     review_label: Mapped[str | None] = mapped_column(String(16))  # "good" | "defect"
     review_type: Mapped[str | None] = mapped_column(String(100))
-    review_regions: Mapped[Any] = mapped_column(JSON, nullable=True)  # [{"box": [x0,y0,x1,y1], "mask": "map"|"box"}, ...]
+    review_regions: Mapped[Any] = mapped_column(
+        JSON, nullable=True
+    )  # [{"box": [x0,y0,x1,y1], "mask": "map"|"box"}, ...]
     reviewer: Mapped[str | None] = mapped_column(String(200))
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -46,8 +46,12 @@ def _type_fields(extra: dict[str, Any]) -> tuple[str | None, float | None, list[
     if prob is None and top and dtype is not None:
         prob = next((p for k, p in top if k == dtype), None)
     regions = extra.get("regions")
-    return (str(dtype) if dtype is not None else None, float(prob) if prob is not None else None, top,
-            json.loads(json.dumps(regions, default=_jsonable)) if regions is not None else None)
+    return (
+        str(dtype) if dtype is not None else None,
+        float(prob) if prob is not None else None,
+        top,
+        json.loads(json.dumps(regions, default=_jsonable)) if regions is not None else None,
+    )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -58,16 +62,41 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def from_prediction(pred: Prediction, image: bytes, name: str, width: int, height: int, *, version: str,
-                    latency_ms: float, source: str = "", origin: str = "cli", ext: str = ".png",
-                    keep_map: bool = True) -> NewRecord:
+def from_prediction(
+    pred: Prediction,
+    image: bytes,
+    name: str,
+    width: int,
+    height: int,
+    *,
+    version: str,
+    latency_ms: float,
+    source: str = "",
+    origin: str = "cli",
+    ext: str = ".png",
+    keep_map: bool = True,
+) -> NewRecord:
     dtype, prob, top, regions = _type_fields(pred.extra or {})
     return NewRecord(
-        image_name=name, image=image, width=width, height=height, model_version=version,
-        score=float(pred.score), threshold=float(pred.threshold), verdict="defect" if pred.is_defect else "good",
-        latency_ms=latency_ms, source=source, origin=origin, boxes=[[int(v) for v in b] for b in pred.boxes],
-        type=dtype, type_prob=prob, type_top=top, regions=regions,
-        map_png=map_png(pred) if keep_map else None, image_ext=ext)
+        image_name=name,
+        image=image,
+        width=width,
+        height=height,
+        model_version=version,
+        score=float(pred.score),
+        threshold=float(pred.threshold),
+        verdict="defect" if pred.is_defect else "good",
+        latency_ms=latency_ms,
+        source=source,
+        origin=origin,
+        boxes=[[int(v) for v in b] for b in pred.boxes],
+        type=dtype,
+        type_prob=prob,
+        type_top=top,
+        regions=regions,
+        map_png=map_png(pred) if keep_map else None,
+        image_ext=ext,
+    )
 
 
 _VERSIONS: dict[int, tuple[Any, str]] = {}
@@ -82,11 +111,28 @@ def cached_version(engine: Any) -> str:
     return hit[1]
 
 
-def record_batch(store: Any, engine: Any, items: list[tuple[Path, str, Image.Image, Prediction]],
-                 latency_ms: float, source: str = "") -> list[int]:
+def record_batch(
+    store: Any,
+    engine: Any,
+    items: list[tuple[Path, str, Image.Image, Prediction]],
+    latency_ms: float,
+    source: str = "",
+) -> list[int]:
     """Record one ``inspect`` batch: (file, relative name, decoded image, prediction) per image."""
     version = cached_version(engine)
-    recs = [from_prediction(pred, path.read_bytes(), rel, image.width, image.height, version=version,
-                            latency_ms=latency_ms, source=source, origin="cli", ext=path.suffix)
-            for path, rel, image, pred in items]
+    recs = [
+        from_prediction(
+            pred,
+            path.read_bytes(),
+            rel,
+            image.width,
+            image.height,
+            version=version,
+            latency_ms=latency_ms,
+            source=source,
+            origin="cli",
+            ext=path.suffix,
+        )
+        for path, rel, image, pred in items
+    ]
     return store.record_many(recs)

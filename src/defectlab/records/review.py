@@ -32,8 +32,10 @@ class UnknownRecord(LookupError):
 
 class ReviewConflict(Exception):
     def __init__(self, current: dict[str, Any], sent_version: int) -> None:
-        super().__init__(f"record {current['id']} is at version {current['version']} (reviewed by "
-                         f"{current['reviewer'] or 'nobody'}); the review was based on version {sent_version}")
+        super().__init__(
+            f"record {current['id']} is at version {current['version']} (reviewed by "
+            f"{current['reviewer'] or 'nobody'}); the review was based on version {sent_version}"
+        )
         self.current = current
 
 
@@ -43,7 +45,9 @@ class ReviewInput:
     reviewer: str
     version: int  # the item's version this review is based on
     type: str | None = None  # defect type (defect only); None keeps the predicted type
-    regions: list[dict[str, Any]] | None = None  # [{"box": [x0, y0, x1, y1], "mask": "box"|"map"}]; None = accept predicted
+    regions: list[dict[str, Any]] | None = (
+        None  # [{"box": [x0, y0, x1, y1], "mask": "box"|"map"}]; None = accept predicted
+    )
 
 
 def validate(review: ReviewInput, item: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -59,7 +63,13 @@ def validate(review: ReviewInput, item: dict[str, Any]) -> tuple[str | None, lis
             raise BadReview("a part confirmed good has no defect type and no regions")
         return None, []
     dtype = review.type if review.type is not None else (item["type"] or "defect")
-    if not isinstance(dtype, str) or not dtype.strip() or len(dtype) > 100 or "/" in dtype or dtype.startswith("."):
+    if (
+        not isinstance(dtype, str)
+        or not dtype.strip()
+        or len(dtype) > 100
+        or "/" in dtype
+        or dtype.startswith(".")
+    ):
         raise BadReview(f"type must be a plain name (no '/', at most 100 characters), got {dtype!r}")
     if dtype == "good":
         raise BadReview("type 'good' is not a defect type: send label 'good' instead")
@@ -74,8 +84,11 @@ def _region(r: Any, width: int, height: int) -> dict[str, Any]:
     if not isinstance(r, dict) or "box" not in r:
         raise BadReview(f"a region is an object with a 'box' [x0, y0, x1, y1], got {r!r}")
     box = r["box"]
-    if (not isinstance(box, (list, tuple)) or len(box) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)):
+    if (
+        not isinstance(box, (list, tuple))
+        or len(box) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+    ):
         raise BadReview(f"box must be 4 integers [x0, y0, x1, y1], got {box!r}")
     x0, y0, x1, y1 = box
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
@@ -95,13 +108,30 @@ def apply_review(store: RecordStore, record_id: int, review: ReviewInput) -> dic
     now = datetime.now(UTC)
     with store._tx() as conn:
         done = conn.execute(
-            update(Inspection).where(Inspection.id == record_id, Inspection.version == review.version)
-            .values(version=Inspection.version + 1, review_state=REVIEWED, review_label=review.label,
-                    review_type=dtype, review_regions=regions, reviewer=review.reviewer.strip(), reviewed_at=now))
+            update(Inspection)
+            .where(Inspection.id == record_id, Inspection.version == review.version)
+            .values(
+                version=Inspection.version + 1,
+                review_state=REVIEWED,
+                review_label=review.label,
+                review_type=dtype,
+                review_regions=regions,
+                reviewer=review.reviewer.strip(),
+                reviewed_at=now,
+            )
+        )
         if done.rowcount == 1:
-            conn.execute(insert(Review).values(inspection_id=record_id, version=review.version + 1,
-                                               reviewer=review.reviewer.strip(), reviewed_at=now,
-                                               label=review.label, type=dtype, regions=regions))
+            conn.execute(
+                insert(Review).values(
+                    inspection_id=record_id,
+                    version=review.version + 1,
+                    reviewer=review.reviewer.strip(),
+                    reviewed_at=now,
+                    label=review.label,
+                    type=dtype,
+                    regions=regions,
+                )
+            )
     if done.rowcount != 1:
         raise ReviewConflict(store.get(record_id) or item, review.version)
     return store.get(record_id)  # type: ignore[return-value]
@@ -109,9 +139,22 @@ def apply_review(store: RecordStore, record_id: int, review: ReviewInput) -> dic
 
 def history(store: RecordStore, record_id: int) -> list[dict[str, Any]]:
     with store.engine.connect() as conn:
-        rows = conn.execute(select(Review.__table__).where(Review.inspection_id == record_id)
-                            .order_by(Review.version)).mappings().all()
+        rows = (
+            conn.execute(
+                select(Review.__table__).where(Review.inspection_id == record_id).order_by(Review.version)
+            )
+            .mappings()
+            .all()
+        )
     return [{**r, "reviewed_at": utc(r["reviewed_at"]).isoformat()} for r in rows]
 
 
-__all__ = ["BadReview", "ReviewConflict", "ReviewInput", "UnknownRecord", "apply_review", "history", "row_dict"]
+__all__ = [
+    "BadReview",
+    "ReviewConflict",
+    "ReviewInput",
+    "UnknownRecord",
+    "apply_review",
+    "history",
+    "row_dict",
+]

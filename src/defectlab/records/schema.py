@@ -26,8 +26,9 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(normalise_url(url))
     except ArgumentError:
-        raise ConfigError(f"not a database URL: '{url}' (give a folder for SQLite or e.g. "
-                          "postgresql://user@host/db)") from None
+        raise ConfigError(
+            f"not a database URL: '{url}' (give a folder for SQLite or e.g. postgresql://user@host/db)"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -69,8 +70,10 @@ def migrate(engine: Engine, revision: str = "head", *, where: str | Path = "reco
     try:
         rev = current_revision(engine)
         if rev is not None and rev > HEAD:
-            raise ConfigError(f"{where}: schema revision {rev} is newer than this defectlab knows ({HEAD}); "
-                              "upgrade defectlab")
+            raise ConfigError(
+                f"{where}: schema revision {rev} is newer than this defectlab knows ({HEAD}); "
+                "upgrade defectlab"
+            )
         if rev == HEAD and revision == "head":
             return
         with engine.begin() as conn:

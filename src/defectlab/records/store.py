@@ -80,7 +80,9 @@ def priority(score: float, threshold: float, verdict: str, type_: str | None) ->
     the closer to the threshold the sooner."""
     margin = abs(score - threshold) / max(abs(threshold), 1e-12)
     unknown = type_ == "unknown"
-    return (1.0 if unknown else 0.0) + 1.0 / (1.0 + 5.0 * margin), verdict == "defect" or margin <= 0.2 or unknown
+    return (1.0 if unknown else 0.0) + 1.0 / (
+        1.0 + 5.0 * margin
+    ), verdict == "defect" or margin <= 0.2 or unknown
 
 
 def utc(dt: datetime | None) -> datetime | None:
@@ -113,16 +115,32 @@ class RecordStore:
             digest, rel = self.images.put(rec.image, rec.image_ext)
             map_rel = self.images.put(rec.map_png, ".png")[1] if rec.map_png is not None else None
             prio, queued = priority(rec.score, rec.threshold, rec.verdict, rec.type)
-            rows.append({
-                "created_at": rec.created_at or datetime.now(UTC), "source": rec.source[:200],
-                "origin": rec.origin, "image_name": rec.image_name, "image_sha256": digest, "image_path": rel,
-                "map_path": map_rel, "width": rec.width, "height": rec.height,
-                "model_version": rec.model_version, "score": float(rec.score), "threshold": float(rec.threshold),
-                "verdict": rec.verdict, "type": rec.type, "type_prob": rec.type_prob, "type_top": rec.type_top,
-                "boxes": [[int(v) for v in b] for b in rec.boxes], "regions": rec.regions,
-                "latency_ms": float(rec.latency_ms), "priority": prio,
-                "review_state": QUEUED if queued else SKIPPED, "version": 1,
-            })
+            rows.append(
+                {
+                    "created_at": rec.created_at or datetime.now(UTC),
+                    "source": rec.source[:200],
+                    "origin": rec.origin,
+                    "image_name": rec.image_name,
+                    "image_sha256": digest,
+                    "image_path": rel,
+                    "map_path": map_rel,
+                    "width": rec.width,
+                    "height": rec.height,
+                    "model_version": rec.model_version,
+                    "score": float(rec.score),
+                    "threshold": float(rec.threshold),
+                    "verdict": rec.verdict,
+                    "type": rec.type,
+                    "type_prob": rec.type_prob,
+                    "type_top": rec.type_top,
+                    "boxes": [[int(v) for v in b] for b in rec.boxes],
+                    "regions": rec.regions,
+                    "latency_ms": float(rec.latency_ms),
+                    "priority": prio,
+                    "review_state": QUEUED if queued else SKIPPED,
+                    "version": 1,
+                }
+            )
         if not rows:
             return []
         with self._tx() as conn:
@@ -159,8 +177,9 @@ class RecordStore:
             q = q.where((Inspection.review_state == "reviewed") == f.reviewed)
         return q
 
-    def list(self, f: RecordFilter = RecordFilter(), *, limit: int = 50,
-             before: int | None = None) -> list[dict[str, Any]]:
+    def list(
+        self, f: RecordFilter = RecordFilter(), *, limit: int = 50, before: int | None = None
+    ) -> list[dict[str, Any]]:
         """Newest first; ``before`` (an id) pages on: pass the last id of the previous page."""
         q = self._filtered(f).order_by(Inspection.id.desc()).limit(_limit(limit))
         if before is not None:
@@ -170,20 +189,31 @@ class RecordStore:
 
     def count(self, f: RecordFilter = RecordFilter()) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(self._filtered(f).subquery())).scalar_one())
+            return int(
+                conn.execute(select(func.count()).select_from(self._filtered(f).subquery())).scalar_one()
+            )
 
     def queue(self, *, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
         """Items waiting for a human look, most worth it first."""
-        q = (select(Inspection.__table__).where(Inspection.review_state == QUEUED)
-             .order_by(Inspection.priority.desc(), Inspection.id.asc()).limit(_limit(limit)).offset(max(0, offset)))
+        q = (
+            select(Inspection.__table__)
+            .where(Inspection.review_state == QUEUED)
+            .order_by(Inspection.priority.desc(), Inspection.id.asc())
+            .limit(_limit(limit))
+            .offset(max(0, offset))
+        )
         with self.engine.connect() as conn:
             return [row_dict(r) for r in conn.execute(q)]
 
     def queue_size(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).where(Inspection.review_state == QUEUED)).scalar_one())
+            return int(
+                conn.execute(select(func.count()).where(Inspection.review_state == QUEUED)).scalar_one()
+            )
 
-    def iter_rows(self, f: RecordFilter = RecordFilter(), chunk: int = 5000) -> Iterator[list[dict[str, Any]]]:
+    def iter_rows(
+        self, f: RecordFilter = RecordFilter(), chunk: int = 5000
+    ) -> Iterator[list[dict[str, Any]]]:
         """Every matching row, oldest first, in chunks (keyset paging: constant memory)."""
         last = 0
         while True:
@@ -216,7 +246,9 @@ class _Tx:
         try:
             self.cm.__exit__(*exc)
         except SQLAlchemyError as err:
-            raise BadInputError(self.store.where, f"record store write failed ({err.__class__.__name__})") from err
+            raise BadInputError(
+                self.store.where, f"record store write failed ({err.__class__.__name__})"
+            ) from err
         if exc[0] is not None and issubclass(exc[0], SQLAlchemyError):
             raise BadInputError(self.store.where, f"record store write failed ({exc[1]})") from exc[1]
         return False

@@ -22,8 +22,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from defectlab.anomaly.base import Prediction
 from defectlab.errors import DefectLabError
 from defectlab.inspect.render import overlay_png
-from defectlab.records import (BadReview, RecordFilter, RecordStore, ReviewConflict, ReviewInput, UnknownRecord,
-                               apply_review, from_prediction, history, open_store)
+from defectlab.records import (
+    BadReview,
+    RecordFilter,
+    RecordStore,
+    ReviewConflict,
+    ReviewInput,
+    UnknownRecord,
+    apply_review,
+    from_prediction,
+    history,
+    open_store,
+)
 from defectlab.records.recorder import cached_version
 from defectlab.records.store import MAX_PAGE, utc
 

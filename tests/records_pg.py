@@ -49,15 +49,35 @@ def postgres_server() -> Iterator[str | None]:
     port = free_port()
     started = False
     try:
-        r = subprocess.run(_as_postgres([initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                                         "--no-sync"]), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            _as_postgres([initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if r.returncode != 0:
             yield None
             return
-        r = subprocess.run(_as_postgres([pg_ctl, "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60",
-                                         "-o", f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=on "
-                                               "-c max_connections=100", "start"]),
-                           capture_output=True, text=True, timeout=90)
+        r = subprocess.run(
+            _as_postgres(
+                [
+                    pg_ctl,
+                    "-D",
+                    data,
+                    "-l",
+                    os.path.join(root, "log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=on -c max_connections=100",
+                    "start",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         if r.returncode != 0:
             yield None
             return
@@ -65,8 +85,11 @@ def postgres_server() -> Iterator[str | None]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         if started:
-            subprocess.run(_as_postgres([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"]),
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                _as_postgres([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -74,7 +97,9 @@ def create_database(base: str, name: str) -> str:
     """A fresh database on the server at ``base``; returns its URL."""
     import psycopg
 
-    with psycopg.connect(base.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        base.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True
+    ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{base}/{name}"

@@ -58,9 +58,19 @@ def png(colour: int, size: int = 16) -> bytes:
 
 
 def rec(i: int, **kw) -> NewRecord:  # type: ignore[no-untyped-def]
-    base = dict(image_name=f"part_{i}.png", image=png(i), width=16, height=16, model_version="m1",
-                score=0.5 + 0.1 * i, threshold=1.0, verdict="defect" if 0.5 + 0.1 * i > 1.0 else "good",
-                latency_ms=5.0, source="line1", boxes=[[2, 2, 8, 8]] if 0.5 + 0.1 * i > 1.0 else [])
+    base = dict(
+        image_name=f"part_{i}.png",
+        image=png(i),
+        width=16,
+        height=16,
+        model_version="m1",
+        score=0.5 + 0.1 * i,
+        threshold=1.0,
+        verdict="defect" if 0.5 + 0.1 * i > 1.0 else "good",
+        latency_ms=5.0,
+        source="line1",
+        boxes=[[2, 2, 8, 8]] if 0.5 + 0.1 * i > 1.0 else [],
+    )
     base.update(kw)
     return NewRecord(**base)
 
@@ -71,10 +81,15 @@ def test_schema_created_and_migrated_with_data(db_url: str, tmp_path: Path) -> N
     assert current_revision(engine) == "0001"
     assert "reviews" not in inspect(engine).get_table_names()
     with engine.begin() as conn:  # a row written by the first schema
-        conn.execute(text("INSERT INTO inspections (created_at, source, origin, image_name, image_sha256, image_path,"
-                          " width, height, model_version, score, threshold, verdict, boxes, latency_ms, priority,"
-                          " review_state) VALUES (:t, 'old', 'cli', 'old.png', :sha, 'ab/x.png', 4, 4, 'm0', 2.0,"
-                          " 1.0, 'defect', '[]', 1.0, 0.5, 'queued')"), {"t": datetime.now(UTC), "sha": "ab" * 32})
+        conn.execute(
+            text(
+                "INSERT INTO inspections (created_at, source, origin, image_name, image_sha256, image_path,"
+                " width, height, model_version, score, threshold, verdict, boxes, latency_ms, priority,"
+                " review_state) VALUES (:t, 'old', 'cli', 'old.png', :sha, 'ab/x.png', 4, 4, 'm0', 2.0,"
+                " 1.0, 'defect', '[]', 1.0, 0.5, 'queued')"
+            ),
+            {"t": datetime.now(UTC), "sha": "ab" * 32},
+        )
     engine.dispose()
     store = open_store(db_url, images=tmp_path / "img")  # migrates to head
     assert current_revision(store.engine) == "0002"
@@ -100,8 +115,17 @@ def test_schema_created_and_migrated_with_data(db_url: str, tmp_path: Path) -> N
 def test_record_filter_page_and_export(db_url: str, tmp_path: Path) -> None:
     store = open_store(db_url, images=tmp_path / "img")
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    ids = store.record_many([rec(i, created_at=t0 + timedelta(hours=i), type="unknown" if i == 3 else None,
-                                 model_version="m2" if i >= 6 else "m1") for i in range(10)])
+    ids = store.record_many(
+        [
+            rec(
+                i,
+                created_at=t0 + timedelta(hours=i),
+                type="unknown" if i == 3 else None,
+                model_version="m2" if i >= 6 else "m1",
+            )
+            for i in range(10)
+        ]
+    )
     assert ids == list(range(ids[0], ids[0] + 10))
     # content-addressed images: same bytes, same file; the store keeps the path
     again = store.record(rec(0))
@@ -119,7 +143,9 @@ def test_record_filter_page_and_export(db_url: str, tmp_path: Path) -> None:
     assert queue[0]["type"] == "unknown"
     margins = [abs(r["score"] - 1.0) for r in queue[1:]]
     assert margins == sorted(margins)
-    assert all(r["verdict"] == "defect" or abs(r["score"] - 1) <= 0.2 or r["type"] == "unknown" for r in queue)
+    assert all(
+        r["verdict"] == "defect" or abs(r["score"] - 1) <= 0.2 or r["type"] == "unknown" for r in queue
+    )
     assert not any(r["id"] == ids[0] for r in queue)  # score 0.5: far below the threshold
     # table export, CSV and Parquet, round trip
     n = export_table(store, tmp_path / "r.csv", RecordFilter(verdict="defect"))
@@ -145,11 +171,15 @@ def test_concurrent_reviews_never_overwrite(db_url: str, tmp_path: Path) -> None
     def review(name: str, label: str) -> None:
         barrier.wait()
         try:
-            results.append(apply_review(store, rid, ReviewInput(label, name, 1, "crack" if label == "defect" else None)))
+            results.append(
+                apply_review(store, rid, ReviewInput(label, name, 1, "crack" if label == "defect" else None))
+            )
         except ReviewConflict as exc:
             results.append(exc)
 
-    threads = [threading.Thread(target=review, args=(f"r{i}", "defect" if i % 2 else "good")) for i in range(4)]
+    threads = [
+        threading.Thread(target=review, args=(f"r{i}", "defect" if i % 2 else "good")) for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -169,17 +199,20 @@ def test_concurrent_reviews_never_overwrite(db_url: str, tmp_path: Path) -> None
     store.close()
 
 
-@pytest.mark.parametrize("review, problem", [
-    (ReviewInput("maybe", "ann", 1), "label"),
-    (ReviewInput("good", "", 1), "reviewer"),
-    (ReviewInput("good", "ann", 0), "version"),
-    (ReviewInput("good", "ann", 1, "crack"), "good"),
-    (ReviewInput("defect", "ann", 1, "../x"), "type"),
-    (ReviewInput("defect", "ann", 1, "crack", [{"box": [0, 0, 99, 4]}]), "outside"),
-    (ReviewInput("defect", "ann", 1, "crack", [{"box": [4, 4, 4, 8]}]), "empty"),
-    (ReviewInput("defect", "ann", 1, "crack", [{"box": [0, 0, 4]}]), "4 integers"),
-    (ReviewInput("defect", "ann", 1, "crack", [{"box": [0, 0, 4, 4], "mask": "blob"}]), "mask"),
-])
+@pytest.mark.parametrize(
+    "review, problem",
+    [
+        (ReviewInput("maybe", "ann", 1), "label"),
+        (ReviewInput("good", "", 1), "reviewer"),
+        (ReviewInput("good", "ann", 0), "version"),
+        (ReviewInput("good", "ann", 1, "crack"), "good"),
+        (ReviewInput("defect", "ann", 1, "../x"), "type"),
+        (ReviewInput("defect", "ann", 1, "crack", [{"box": [0, 0, 99, 4]}]), "outside"),
+        (ReviewInput("defect", "ann", 1, "crack", [{"box": [4, 4, 4, 8]}]), "empty"),
+        (ReviewInput("defect", "ann", 1, "crack", [{"box": [0, 0, 4]}]), "4 integers"),
+        (ReviewInput("defect", "ann", 1, "crack", [{"box": [0, 0, 4, 4], "mask": "blob"}]), "mask"),
+    ],
+)
 def test_malformed_review_changes_nothing(tmp_path: Path, review: ReviewInput, problem: str) -> None:
     store = open_store(tmp_path / "store")
     rid = store.record(rec(7))

@@ -1,7 +1,8 @@
 """Getting records out: a table (CSV or Parquet) and the reviewed items as a dataset (MVTec or COCO).
 
-MVTec layout (what ``anomaly fit``, the few-shot refinement and ``classify`` read): confirmed-good parts
-go to ``train/good``, confirmed defects to ``test/<type>`` with a mask in ``ground_truth/<type>/<stem>_mask.png``
+MVTec layout (what ``anomaly fit``, the few-shot refinement and ``classify`` read): confirmed-good
+parts go to ``train/good``, confirmed defects to ``test/<type>`` with a mask in
+``ground_truth/<type>/<stem>_mask.png``
 (the union of the reviewed regions: a box, or the anomaly map above its threshold inside the box).
 The same image recorded twice (same sha256) is written once, with its latest review.
 """
@@ -130,7 +131,7 @@ def _write(path: Path, data: bytes) -> None:
 def export_dataset(
     store: RecordStore, out: str | Path, *, fmt: str = "mvtec", progress: bool = True
 ) -> dict[str, Any]:
-    """Write the reviewed records as a dataset; returns counts (also written to ``OUT/records_export.json``)."""
+    """Write the reviewed records as a dataset; returns counts (also in ``OUT/records_export.json``)."""
     if fmt not in DATASET_FORMATS:
         raise ConfigError(f"unknown dataset format '{fmt}'; known: {', '.join(DATASET_FORMATS)}")
     out = Path(out)

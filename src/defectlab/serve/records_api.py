@@ -37,8 +37,10 @@ from defectlab.records import (
 from defectlab.records.recorder import cached_version
 from defectlab.records.store import MAX_PAGE, utc
 
-PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
-            "script-src 'unsafe-inline'; connect-src 'self'")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self'"
+)
 
 
 class ReviewBody(BaseModel):
@@ -48,7 +50,9 @@ class ReviewBody(BaseModel):
     version: int = Field(ge=1, description="The record's version the review is based on (409 if stale)")
     type: str | None = Field(None, max_length=100, description="Defect type; omitted keeps the predicted one")
     regions: list[dict[str, Any]] | None = Field(
-        None, description='[{"box": [x0, y0, x1, y1], "mask": "box"|"map"}]; omitted accepts the predicted boxes')
+        None,
+        description='[{"box": [x0, y0, x1, y1], "mask": "box"|"map"}]; omitted accepts the predicted boxes',
+    )
 
 
 class Recorder:
@@ -57,15 +61,30 @@ class Recorder:
     def __init__(self, store: RecordStore, engine: Any, default_source: str = "") -> None:
         self.store, self.engine, self.default_source = store, engine, default_source
 
-    def record(self, file: UploadFile, image: Image.Image, pred: Prediction, latency_ms: float,
-               source: str | None = None) -> int:
+    def record(
+        self,
+        file: UploadFile,
+        image: Image.Image,
+        pred: Prediction,
+        latency_ms: float,
+        source: str | None = None,
+    ) -> int:
         file.file.seek(0)
         data = file.file.read()
         name = file.filename or ""
         ext = Path(name).suffix if Path(name).suffix else ".img"
-        rec = from_prediction(pred, data, name, image.width, image.height, version=cached_version(self.engine),
-                              latency_ms=latency_ms, source=source or self.default_source, origin="service",
-                              ext=ext)
+        rec = from_prediction(
+            pred,
+            data,
+            name,
+            image.width,
+            image.height,
+            version=cached_version(self.engine),
+            latency_ms=latency_ms,
+            source=source or self.default_source,
+            origin="service",
+            ext=ext,
+        )
         try:
             return self.store.record(rec)
         except DefectLabError as exc:  # not on record = did not happen: tell the client
@@ -84,8 +103,15 @@ def _heatmap(store: RecordStore, item: dict[str, Any]) -> bytes:
     amap = np.zeros((item["height"], item["width"]), np.float32)
     if item["map_path"]:
         amap = np.asarray(Image.open(store.images.path(item["map_path"])).convert("L"), np.float32) / 128.0
-    pred = Prediction(item["image_name"], item["score"], item["threshold"], item["verdict"] == "defect", amap,
-                      [tuple(b) for b in item["boxes"]], {"pixel_threshold": 1.0})
+    pred = Prediction(
+        item["image_name"],
+        item["score"],
+        item["threshold"],
+        item["verdict"] == "defect",
+        amap,
+        [tuple(b) for b in item["boxes"]],
+        {"pixel_threshold": 1.0},
+    )
     return overlay_png(image, pred)
 
 
@@ -93,18 +119,30 @@ def records_router(store: RecordStore, check_key: Callable[..., None]) -> APIRou
     router = APIRouter(dependencies=[Depends(check_key)], tags=["records"])
 
     @router.get("/records")
-    def list_records(limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-                     before: Annotated[int | None, Query(description="Page on: the last id of the previous page")] = None,
-                     since: str | None = None, until: str | None = None, verdict: str | None = None,
-                     type: str | None = None, model: str | None = None, source: str | None = None,
-                     reviewed: bool | None = None) -> dict[str, Any]:
+    def list_records(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        before: Annotated[int | None, Query(description="Page on: the last id of the previous page")] = None,
+        since: str | None = None,
+        until: str | None = None,
+        verdict: str | None = None,
+        type: str | None = None,
+        model: str | None = None,
+        source: str | None = None,
+        reviewed: bool | None = None,
+    ) -> dict[str, Any]:
         """Records, newest first, filtered; ``next`` is the ``before`` of the next page (null at the end)."""
         from datetime import datetime
 
         try:
-            f = RecordFilter(since=utc(datetime.fromisoformat(since)) if since else None,
-                             until=utc(datetime.fromisoformat(until)) if until else None,
-                             verdict=verdict, type=type, model=model, source=source, reviewed=reviewed)
+            f = RecordFilter(
+                since=utc(datetime.fromisoformat(since)) if since else None,
+                until=utc(datetime.fromisoformat(until)) if until else None,
+                verdict=verdict,
+                type=type,
+                model=model,
+                source=source,
+                reviewed=reviewed,
+            )
         except ValueError as exc:
             raise HTTPException(422, f"bad filter: {exc}") from None
         items = store.list(f, limit=limit, before=before)
@@ -118,7 +156,9 @@ def records_router(store: RecordStore, check_key: Callable[..., None]) -> APIRou
     def get_image(record_id: int) -> Response:
         item = _get(store, record_id)
         data = store.images.path(item["image_path"]).read_bytes()
-        return Response(data, media_type=Image.MIME.get(Image.open(io.BytesIO(data)).format or "", "image/png"))
+        return Response(
+            data, media_type=Image.MIME.get(Image.open(io.BytesIO(data)).format or "", "image/png")
+        )
 
     @router.get("/records/{record_id}/heatmap", response_class=Response)
     def get_heatmap(record_id: int) -> Response:
@@ -126,20 +166,31 @@ def records_router(store: RecordStore, check_key: Callable[..., None]) -> APIRou
         return Response(_heatmap(store, _get(store, record_id)), media_type="image/png")
 
     @router.get("/review/queue")
-    def queue(limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
-              offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    def queue(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20, offset: Annotated[int, Query(ge=0)] = 0
+    ) -> dict[str, Any]:
         """Flagged and uncertain parts waiting for review, most worth a look first."""
         return {"items": store.queue(limit=limit, offset=offset), "total": store.queue_size()}
 
-    @router.post("/records/{record_id}/review",
-                 responses={404: {"description": "Unknown record"}, 409: {"description": "Stale version: "
-                            "someone reviewed it first; the body's 'current' is the record now"},
-                            422: {"description": "Malformed review"}})
+    @router.post(
+        "/records/{record_id}/review",
+        responses={
+            404: {"description": "Unknown record"},
+            409: {
+                "description": "Stale version: "
+                "someone reviewed it first; the body's 'current' is the record now"
+            },
+            422: {"description": "Malformed review"},
+        },
+    )
     def review(record_id: int, body: ReviewBody) -> Any:
         """Store a review based on the record's ``version``; a stale version gets 409 and the current state."""
         try:
-            return apply_review(store, record_id, ReviewInput(body.label, body.reviewer, body.version, body.type,
-                                                              body.regions))
+            return apply_review(
+                store,
+                record_id,
+                ReviewInput(body.label, body.reviewer, body.version, body.type, body.regions),
+            )
         except UnknownRecord as exc:
             raise HTTPException(404, str(exc)) from None
         except BadReview as exc:
@@ -150,8 +201,15 @@ def records_router(store: RecordStore, check_key: Callable[..., None]) -> APIRou
     return router
 
 
-def attach_records(app: FastAPI, records: RecordStore | str | Path, check_key: Callable[..., None], engine: Any,
-                   *, images: str | Path | None = None, source: str = "") -> Recorder:
+def attach_records(
+    app: FastAPI,
+    records: RecordStore | str | Path,
+    check_key: Callable[..., None],
+    engine: Any,
+    *,
+    images: str | Path | None = None,
+    source: str = "",
+) -> Recorder:
     """Open the store (a RecordStore, a folder or a URL), add the routes and the review page; returns the
     hook ``/inspect`` calls."""
     store = records if isinstance(records, RecordStore) else open_store(records, images=images)

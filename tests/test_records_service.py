@@ -203,7 +203,7 @@ def test_service_records_review_and_token(
 def test_export_dataset_refit_and_new_version_recorded(
     run: Path, synthetic_object: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Reviewed records -> MVTec dataset -> `records refit` -> inspecting with the new run records its version."""
+    """Reviewed records -> MVTec dataset -> `records refit` -> the new run's version in later records."""
     folder = tmp_path / "line"
     goods = sorted((synthetic_object / "train" / "good").glob("*.png"))[:12]
     for p in goods:

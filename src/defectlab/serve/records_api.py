@@ -184,7 +184,7 @@ def records_router(store: RecordStore, check_key: Callable[..., None]) -> APIRou
         },
     )
     def review(record_id: int, body: ReviewBody) -> Any:
-        """Store a review based on the record's ``version``; a stale version gets 409 and the current state."""
+        """Store a review based on the record's ``version``; a stale one gets 409 and the current state."""
         try:
             return apply_review(
                 store,

@@ -23,7 +23,6 @@ load average is recorded; the overhead ratio is measured side by side and is the
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -55,13 +54,21 @@ def _free_port() -> int:
 
 def _pct(values: list[float]) -> dict[str, float]:
     a = np.asarray(values) * 1000
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
-            "mean_ms": round(float(a.mean()), 2), "n": len(values)}
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "mean_ms": round(float(a.mean()), 2),
+        "n": len(values),
+    }
 
 
 def _machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg(),
-            "note": "2-core machine shared with other engineers' work; wall times are upper bounds"}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_avg": os.getloadavg(),
+        "note": "2-core machine shared with other engineers' work; wall times are upper bounds",
+    }
 
 
 def prepare_run(size: int) -> Path:
@@ -72,8 +79,9 @@ def prepare_run(size: int) -> Path:
     if (run / "detector.json").is_file():
         return run
     data = make_synthetic(TMP / "records_synth", SynthConfig(kind="object", seed=3))
-    fit_detector(RunConfig(data=str(data), image_size=size, resize="squash",
-                           options={"coreset_ratio": 0.1})).save(run)
+    fit_detector(
+        RunConfig(data=str(data), image_size=size, resize="squash", options={"coreset_ratio": 0.1})
+    ).save(run)
     return run
 
 
@@ -91,10 +99,22 @@ class Server:
         self.port = _free_port()
         env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT / "src")}
         env.pop("DEFECTLAB_API_KEY", None)
-        self.proc = subprocess.Popen([sys.executable, "-c", "import torch, sys; torch.set_num_threads(2); "
-                                      "from defectlab.cli import main; sys.exit(main())", "serve", str(run),
-                                      "--port", str(self.port), *records],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import torch, sys; torch.set_num_threads(2); "
+                "from defectlab.cli import main; sys.exit(main())",
+                "serve",
+                str(run),
+                "--port",
+                str(self.port),
+                *records,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 300
         while True:
@@ -141,6 +161,7 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
     lat: dict[str, list[float]] = {k: [] for k in servers}
     try:
         with httpx.Client(timeout=120) as client:
+
             def one(key: str, i: int) -> float:
                 name, data = files[i % len(files)]
                 t0 = time.perf_counter()
@@ -152,7 +173,7 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
                     one(k, i)
             keys = list(servers)
             for i in range(n):
-                order = keys[i % len(keys):] + keys[: i % len(keys)]  # rotate: no server always first
+                order = keys[i % len(keys) :] + keys[: i % len(keys)]  # rotate: no server always first
                 for k in order:
                     lat[k].append(one(k, i))
     finally:
@@ -168,14 +189,16 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
     return out
 
 
-def _send_all(base: str, names: list[str], data: bytes, stop_after: int | None = None,
-              on_count: Any = None) -> dict[str, int]:
+def _send_all(
+    base: str, names: list[str], data: bytes, stop_after: int | None = None, on_count: Any = None
+) -> dict[str, int]:
     """POST each name once from 8 clients; returns name -> status (0 = no answer)."""
     import httpx
 
     status: dict[str, int] = {}
     done = [0]
     with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=8)) as client:
+
         def one(name: str) -> None:
             try:
                 r = client.post(f"{base}/inspect", files={"file": (name, data)}, params={"heatmap": "false"})
@@ -209,14 +232,19 @@ def part_load(run: Path, backends: list[str], pg: str | None, n: int) -> dict[st
         wall = time.perf_counter() - t0
         store = open_store(target, images=images)
         recorded = [r["image_name"] for chunk in store.iter_rows() for r in chunk]
-        res["steady"] = {"requests": n, "errors": sum(s != 200 for s in status.values()),
-                         "requests_per_s": round(n / wall, 1), "recorded": len(recorded),
-                         "each_exactly_once": sorted(recorded) == sorted(names), "check": check(store)}
+        res["steady"] = {
+            "requests": n,
+            "errors": sum(s != 200 for s in status.values()),
+            "requests_per_s": round(n / wall, 1),
+            "recorded": len(recorded),
+            "each_exactly_once": sorted(recorded) == sorted(names),
+            "check": check(store),
+        }
         store.close()
         # SIGKILL mid-load, restart on the same store, send the rest
         args, target, images = _store_args(b, pg, "kill")
         srv = Server(run, args)
-        first, rest = names[: n // 2], names[n // 2:]
+        first, rest = names[: n // 2], names[n // 2 :]
         status = _send_all(srv.base, first, data, stop_after=n // 3, on_count=srv.kill)
         acked = [k for k, v in status.items() if v == 200]
         srv2 = Server(run, args)  # restart: opens (and checks the schema of) the same store
@@ -231,14 +259,16 @@ def part_load(run: Path, backends: list[str], pg: str | None, n: int) -> dict[st
             counts[r] = counts.get(r, 0) + 1
         report = check(store)
         res["sigkill"] = {
-            "killed_after_answers": n // 3, "acknowledged_before_kill": len(acked),
+            "killed_after_answers": n // 3,
+            "acknowledged_before_kill": len(acked),
             "unanswered_at_kill": len(first) - len(acked),
             "acknowledged_lost": sum(counts.get(k, 0) == 0 for k in acked),
             "recorded_but_unanswered": sum(counts.get(k, 0) > 0 for k in first if status.get(k) != 200),
             "duplicates": sum(c > 1 for c in counts.values()),
             "after_restart_errors": sum(s != 200 for s in status2.values()),
             "after_restart_all_recorded": all(counts.get(k, 0) == 1 for k in rest),
-            "check": report}
+            "check": report,
+        }
         store.close()
         out[b] = res
         print(b, json.dumps(res)[:400], flush=True)
@@ -258,13 +288,30 @@ def synthetic_rows(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
         verdict = "defect" if score > 1.0 else "good"
         prio, queued = priority(score, 1.0, verdict, dtype)
         sha = f"{i:064x}"
-        yield {"created_at": t0 + timedelta(seconds=i * 30 * 86400 / n), "source": f"line{i % 5}",
-               "origin": "service", "image_name": f"part_{i}.png", "image_sha256": sha,
-               "image_path": f"{sha[:2]}/{sha}.png", "map_path": None, "width": 512, "height": 512,
-               "model_version": f"m{min(2, 3 * i // n)}", "score": score, "threshold": 1.0, "verdict": verdict,
-               "type": dtype, "type_prob": 0.8 if dtype else None, "type_top": None,
-               "boxes": [[10, 10, 50, 50]] if verdict == "defect" else [], "regions": None, "latency_ms": 40.0,
-               "priority": prio, "review_state": "queued" if queued else "skipped", "version": 1}
+        yield {
+            "created_at": t0 + timedelta(seconds=i * 30 * 86400 / n),
+            "source": f"line{i % 5}",
+            "origin": "service",
+            "image_name": f"part_{i}.png",
+            "image_sha256": sha,
+            "image_path": f"{sha[:2]}/{sha}.png",
+            "map_path": None,
+            "width": 512,
+            "height": 512,
+            "model_version": f"m{min(2, 3 * i // n)}",
+            "score": score,
+            "threshold": 1.0,
+            "verdict": verdict,
+            "type": dtype,
+            "type_prob": 0.8 if dtype else None,
+            "type_top": None,
+            "boxes": [[10, 10, 50, 50]] if verdict == "defect" else [],
+            "regions": None,
+            "latency_ms": 40.0,
+            "priority": prio,
+            "review_state": "queued" if queued else "skipped",
+            "version": 1,
+        }
 
 
 def part_scale(backends: list[str], pg: str | None, rows: int) -> dict[str, Any]:
@@ -291,8 +338,13 @@ def part_scale(backends: list[str], pg: str | None, rows: int) -> dict[str, Any]
         if b == "postgresql":
             with store.engine.connect() as conn:
                 conn.exec_driver_sql("ANALYZE inspections")
-        f = RecordFilter(verdict="defect", type="crack", since=datetime(2026, 1, 10, tzinfo=UTC),
-                         until=datetime(2026, 1, 20, tzinfo=UTC), model="m1")
+        f = RecordFilter(
+            verdict="defect",
+            type="crack",
+            since=datetime(2026, 1, 10, tzinfo=UTC),
+            until=datetime(2026, 1, 20, tzinfo=UTC),
+            model="m1",
+        )
         timings: dict[str, list[float]] = {"queue_first_page": [], "filtered_list": [], "unfiltered_list": []}
         sizes = {}
         for _ in range(20):
@@ -341,8 +393,14 @@ def main() -> None:
                 res = part_load(run, backends, pg, args.load_requests)  # type: ignore[arg-type]
             else:
                 res = part_scale(backends, pg, args.rows)
-            doc = {"part": part, "args": vars(args), "machine_start": machine, "load_avg_end": os.getloadavg(),
-                   "wall_s": round(time.perf_counter() - t0, 1), "results": res}
+            doc = {
+                "part": part,
+                "args": vars(args),
+                "machine_start": machine,
+                "load_avg_end": os.getloadavg(),
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "results": res,
+            }
             path = RESULTS / f"records_{part}.json"
             path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
             print(f"-> {path}", flush=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from tests.test_browser import WebDriver, browser  # noqa: F401 - the browser fixture
-from tests.test_inspect_fixtures import detector, fitted_run, live_server
 
 from defectlab.cli import main
 from defectlab.records import open_store
 from defectlab.serve import ServeConfig, create_app
+from tests.test_browser import WebDriver, browser  # noqa: F401 - the browser fixture
+from tests.test_inspect_fixtures import detector, fitted_run, live_server
 
 KEY = "review-key"
 
@@ -35,20 +35,40 @@ def _until(wd: WebDriver, script: str, timeout: float = 60) -> object:
 
 
 def _press(wd: WebDriver, key: str) -> None:
-    wd.s("POST", "/actions", {"actions": [{"type": "key", "id": "keyboard", "actions": [
-        {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]})
+    wd.s(
+        "POST",
+        "/actions",
+        {
+            "actions": [
+                {
+                    "type": "key",
+                    "id": "keyboard",
+                    "actions": [{"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}],
+                }
+            ]
+        },
+    )
 
 
-def test_review_queue_with_keyboard_then_export(browser: WebDriver, synthetic_object: Path,  # noqa: F811
-                                                tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_review_queue_with_keyboard_then_export(
+    browser: WebDriver,
+    synthetic_object: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
     run = fitted_run(synthetic_object, tmp_path_factory)
     store_dir = tmp_path / "store"
     store = open_store(store_dir)
     parts = [synthetic_object / "test" / d / f"00{i}.png" for d in ("hole", "scratch") for i in range(3)]
     with live_server(create_app(detector(run), ServeConfig(api_key=KEY), records=store)) as base:
         for p in parts:
-            r = httpx.post(f"{base}/inspect", files={"file": (f"{p.parent.name}_{p.name}", p.read_bytes())},
-                           headers={"X-API-Key": KEY}, params={"heatmap": "false"}, timeout=60)
+            r = httpx.post(
+                f"{base}/inspect",
+                files={"file": (f"{p.parent.name}_{p.name}", p.read_bytes())},
+                headers={"X-API-Key": KEY},
+                params={"heatmap": "false"},
+                timeout=60,
+            )
             assert r.status_code == 200, r.text
         queued = store.queue_size()
         assert queued >= 4
@@ -56,8 +76,10 @@ def test_review_queue_with_keyboard_then_export(browser: WebDriver, synthetic_ob
         assert browser.s("GET", "/title") == "defectlab review"
         # no key yet: the page says so; enter key and reviewer as a person would
         _until(browser, "return document.getElementById('keybox').style.display !== 'none'")
-        browser.js("localStorage.setItem('defectlab-reviewer', 'ann'); sessionStorage.setItem('defectlab-key', "
-                   f"'{KEY}'); return 1")
+        browser.js(
+            "localStorage.setItem('defectlab-reviewer', 'ann'); sessionStorage.setItem('defectlab-key', "
+            f"'{KEY}'); return 1"
+        )
         browser.s("POST", "/refresh", {})
         _until(browser, "return document.body.dataset.loaded === '1' && document.body.dataset.current")
         assert int(browser.js("return document.getElementById('count').textContent")) == queued
@@ -66,8 +88,11 @@ def test_review_queue_with_keyboard_then_export(browser: WebDriver, synthetic_ob
         for n, key in enumerate(("d", "g", "d"), start=1):
             current = int(browser.js("return document.body.dataset.current"))
             _press(browser, key)
-            _until(browser, f"return document.body.dataset.reviewed === '{n}' && "
-                            f"!document.body.dataset.queue.split(',').includes('{current}')")
+            _until(
+                browser,
+                f"return document.body.dataset.reviewed === '{n}' && "
+                f"!document.body.dataset.queue.split(',').includes('{current}')",
+            )
             done.append((current, key))
         assert int(browser.js("return document.getElementById('count').textContent")) == queued - 3
         shot = base64.b64decode(browser.s("GET", "/screenshot"))

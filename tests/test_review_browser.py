@@ -51,8 +51,8 @@ def _press(wd: WebDriver, key: str) -> None:
 
 
 def test_review_queue_with_keyboard_then_export(
-    browser: WebDriver,
-    synthetic_object: Path,  # noqa: F811
+    browser: WebDriver,  # noqa: F811 - the fixture imported above
+    synthetic_object: Path,
     tmp_path_factory: pytest.TempPathFactory,
     tmp_path: Path,
 ) -> None:

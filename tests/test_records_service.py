@@ -72,9 +72,11 @@ def test_cli_inspect_records_every_image(
     assert main(["records", "check", str(store_dir)]) == 0
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["records", "list", str(blocker / "store")]) == 2
+    assert main([*args[:-4], "--records", str(blocker / "store")]) == 2  # a store path that is not writable
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot create the record store folder" in err[0]
+    assert main(["records", "list", str(tmp_path / "typo")]) == 2 and not (tmp_path / "typo").exists()
+    assert "no record store here" in capsys.readouterr().err
     assert main(["records", "list", str(store_dir), "--since", "yesterday"]) == 2
 
 

@@ -25,7 +25,7 @@ IMAGES = typer.Option(None, "--images", help="Image folder of a database-URL sto
 def _open(store: str, images: Optional[Path]):  # type: ignore[no-untyped-def]
     from defectlab.records import open_store
 
-    return open_store(store, images=images)
+    return open_store(store, images=images, create=False)
 
 
 def _time(text: Optional[str], name: str) -> Optional[datetime]:

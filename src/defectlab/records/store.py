@@ -260,9 +260,12 @@ def _limit(limit: int) -> int:
     return limit
 
 
-def open_store(target: str | Path, *, images: str | Path | None = None) -> RecordStore:
-    """A folder (SQLite inside, created if absent) or a database URL (``images`` required)."""
+def open_store(target: str | Path, *, images: str | Path | None = None, create: bool = True) -> RecordStore:
+    """A folder (SQLite inside, created if absent unless ``create=False``) or a database URL (``images``
+    required)."""
     text = str(target)
+    if not create and "://" not in text and not (Path(text) / DB_FILE).is_file():
+        raise BadInputError(text, f"no record store here ({DB_FILE} missing)")
     if "://" in text:
         if images is None:
             raise ConfigError(f"a database URL needs an image folder too (--records-images DIR): {text}")

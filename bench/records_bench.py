@@ -397,6 +397,7 @@ def main() -> None:
                 "part": part,
                 "args": vars(args),
                 "machine_start": machine,
+                "loadavg_start": machine["load_avg"],
                 "load_avg_end": os.getloadavg(),
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "results": res,

@@ -29,6 +29,7 @@ DB_FILE = "records.sqlite"
 IMAGES_DIR = "images"
 VERDICTS = ("good", "defect")
 MAX_PAGE = 1000
+QUEUE_COUNT_CAP = 10_000  # the review queue's size is counted up to this
 
 # columns returned by list/get (the row's dict form)
 COLUMNS = [c.name for c in Inspection.__table__.columns]
@@ -194,22 +195,24 @@ class RecordStore:
             )
 
     def queue(self, *, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
-        """Items waiting for a human look, most worth it first."""
+        """Items waiting for a human look, most worth it first (equal priority: newest first, so the
+        order is one backward walk of the queue index)."""
         q = (
             select(Inspection.__table__)
             .where(Inspection.review_state == QUEUED)
-            .order_by(Inspection.priority.desc(), Inspection.id.asc())
+            .order_by(Inspection.priority.desc(), Inspection.id.desc())
             .limit(_limit(limit))
             .offset(max(0, offset))
         )
         with self.engine.connect() as conn:
             return [row_dict(r) for r in conn.execute(q)]
 
-    def queue_size(self) -> int:
+    def queue_size(self, cap: int = QUEUE_COUNT_CAP) -> int:
+        """Items in the queue, counted up to ``cap`` (a count that can only say "more than cap" stays
+        fast however long the queue grows)."""
+        sub = select(Inspection.id).where(Inspection.review_state == QUEUED).limit(cap).subquery()
         with self.engine.connect() as conn:
-            return int(
-                conn.execute(select(func.count()).where(Inspection.review_state == QUEUED)).scalar_one()
-            )
+            return int(conn.execute(select(func.count()).select_from(sub)).scalar_one())
 
     def iter_rows(
         self, f: RecordFilter = RecordFilter(), chunk: int = 5000

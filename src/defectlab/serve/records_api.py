@@ -35,7 +35,7 @@ from defectlab.records import (
     open_store,
 )
 from defectlab.records.recorder import cached_version
-from defectlab.records.store import MAX_PAGE, utc
+from defectlab.records.store import MAX_PAGE, QUEUE_COUNT_CAP, utc
 
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
@@ -169,8 +169,10 @@ def records_router(store: RecordStore, check_key: Callable[..., None]) -> APIRou
     def queue(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20, offset: Annotated[int, Query(ge=0)] = 0
     ) -> dict[str, Any]:
-        """Flagged and uncertain parts waiting for review, most worth a look first."""
-        return {"items": store.queue(limit=limit, offset=offset), "total": store.queue_size()}
+        """Flagged and uncertain parts waiting for review, most worth a look first; ``total`` is counted up
+        to ``total_cap`` (``total == total_cap`` means at least that many)."""
+        return {"items": store.queue(limit=limit, offset=offset), "total": store.queue_size(),
+                "total_cap": QUEUE_COUNT_CAP}
 
     @router.post(
         "/records/{record_id}/review",

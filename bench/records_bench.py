@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,22 +43,7 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 TMP = RESULTS / "tmp"
 sys.path.insert(0, str(ROOT))  # tests.records_pg: the throwaway PostgreSQL server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pct(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values) * 1000
-    return {
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p95_ms": round(float(np.percentile(a, 95)), 2),
-        "mean_ms": round(float(a.mean()), 2),
-        "n": len(values),
-    }
+from serve_bench import _free_port, _pct  # noqa: E402 - bench/ is the script's folder
 
 
 def _machine() -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -17,21 +16,10 @@ from PIL import Image
 from defectlab.cli import main
 from defectlab.records import open_store
 from defectlab.serve import ServeConfig, create_app
-from tests.test_browser import WebDriver, browser  # noqa: F401 - the browser fixture
+from tests.test_browser import WebDriver, _wait, browser  # noqa: F401 - the browser fixture
 from tests.test_inspect_fixtures import detector, fitted_run, live_server
 
 KEY = "review-key"
-
-
-def _until(wd: WebDriver, script: str, timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = wd.js(script)
-        if value:
-            return value
-        time.sleep(0.2)
-    shown = wd.js("return document.getElementById('status').textContent")
-    raise AssertionError(f"timed out waiting for: {script}; page status: {shown}")
 
 
 def _press(wd: WebDriver, key: str) -> None:
@@ -75,20 +63,20 @@ def test_review_queue_with_keyboard_then_export(
         browser.s("POST", "/url", {"url": f"{base}/review"})
         assert browser.s("GET", "/title") == "defectlab review"
         # no key yet: the page says so; enter key and reviewer as a person would
-        _until(browser, "return document.getElementById('keybox').style.display !== 'none'")
+        _wait(browser, "return document.getElementById('keybox').style.display !== 'none'")
         browser.js(
             "localStorage.setItem('defectlab-reviewer', 'ann'); sessionStorage.setItem('defectlab-key', "
             f"'{KEY}'); return 1"
         )
         browser.s("POST", "/refresh", {})
-        _until(browser, "return document.body.dataset.loaded === '1' && document.body.dataset.current")
+        _wait(browser, "return document.body.dataset.loaded === '1' && document.body.dataset.current")
         assert int(browser.js("return document.getElementById('count').textContent")) == queued
-        _until(browser, "const i = document.getElementById('image'); return i.complete && i.naturalWidth > 0")
+        _wait(browser, "const i = document.getElementById('image'); return i.complete && i.naturalWidth > 0")
         done = []
         for n, key in enumerate(("d", "g", "d"), start=1):
             current = int(browser.js("return document.body.dataset.current"))
             _press(browser, key)
-            _until(
+            _wait(
                 browser,
                 f"return document.body.dataset.reviewed === '{n}' && "
                 f"!document.body.dataset.queue.split(',').includes('{current}')",

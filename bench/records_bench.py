@@ -132,7 +132,9 @@ def _store_args(backend: str, pg: str | None, tag: str, fresh: bool = True) -> t
         return ["--records", str(folder)], str(folder), folder / "images"
     from tests.records_pg import create_database
 
-    url = create_database(pg, f"bench_{tag}")  # type: ignore[arg-type]
+    url = create_database(pg, f"bench_{tag}_{backend.replace('-', '_')}")  # type: ignore[arg-type]
+    if backend == "postgresql-async-commit":  # the server acknowledges before its WAL reaches disk
+        url += "?options=-c%20synchronous_commit%3Doff"
     return ["--records", url, "--records-images", str(folder / "images")], url, folder / "images"
 
 
@@ -141,7 +143,8 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
 
     files = test_images()
     servers = {"off": Server(run, [])}
-    for b in backends:
+    variants = [*backends, *(["postgresql-async-commit"] if "postgresql" in backends else [])]
+    for b in variants:
         servers[b] = Server(run, _store_args(b, pg, "overhead")[0])
     lat: dict[str, list[float]] = {k: [] for k in servers}
     try:
@@ -166,7 +169,7 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
             s.close()
     out = {k: _pct(v) for k, v in lat.items()}
     off = out["off"]["p50_ms"]
-    for b in backends:
+    for b in variants:
         out[b]["overhead_p50_pct"] = round(100 * (out[b]["p50_ms"] - off) / off, 2)
         # paired: the same request index, one after the other, so load swings cancel
         diffs = np.asarray(lat[b]) - np.asarray(lat["off"])

@@ -284,3 +284,18 @@ def test_export_dataset_refit_and_new_version_recorded(
         and len(versions) == 2
     )
     assert store.count() == 18 and check(store)["ok"]
+
+
+def test_inspect_answers_503_when_the_record_cannot_be_written(run: Path, synthetic_object: Path,
+                                                               tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    store = open_store(tmp_path / "store")
+    with live_server(create_app(detector(run), ServeConfig(), records=store)) as url:
+        png = sample_images(synthetic_object)["hole"].read_bytes()
+        assert httpx.post(f"{url}/inspect", files={"file": ("a.png", png)}, timeout=60).status_code == 200
+        with store.engine.begin() as conn:  # the table disappears under the running service
+            conn.execute(text("ALTER TABLE inspections RENAME TO gone"))
+        r = httpx.post(f"{url}/inspect", files={"file": ("b.png", png)}, timeout=60)
+        assert r.status_code == 503 and "inspection not recorded" in r.json()["detail"]
+        assert len(r.json()["detail"].splitlines()) == 1

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from defectlab.errors import BadInputError, ConfigError
 from defectlab.records.images import ImageFolder
 from defectlab.records.models import QUEUED, SKIPPED, Inspection
-from defectlab.records.schema import make_engine, migrate
+from defectlab.records.schema import _short, make_engine, migrate
 
 DB_FILE = "records.sqlite"
 IMAGES_DIR = "images"
@@ -250,10 +250,10 @@ class _Tx:
             self.cm.__exit__(*exc)
         except SQLAlchemyError as err:
             raise BadInputError(
-                self.store.where, f"record store write failed ({err.__class__.__name__})"
+                self.store.where, f"record store write failed ({_short(err)})"
             ) from err
         if exc[0] is not None and issubclass(exc[0], SQLAlchemyError):
-            raise BadInputError(self.store.where, f"record store write failed ({exc[1]})") from exc[1]
+            raise BadInputError(self.store.where, f"record store write failed ({_short(exc[1])})") from exc[1]
         return False
 
 

@@ -129,14 +129,15 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
                 ) -> InspectResult:
         """Inspect one image: anomaly score, verdict against the deployable threshold, boxes, heatmap."""
         image, pred, t0 = run_one(file)
+        pending = recorder.submit(file, image, pred, t0, source) if recorder is not None else None  # records
         png = base64.b64encode(overlay_png(image, pred)).decode("ascii") if heatmap else None
         result = InspectResult(filename=file.filename or "", width=image.width, height=image.height,
                                score=float(pred.score), threshold=float(pred.threshold),
                                verdict="defect" if pred.is_defect else "good", is_defect=bool(pred.is_defect),
                                boxes=[tuple(int(v) for v in b) for b in pred.boxes], heatmap_png=png,
                                elapsed_ms=round((time.perf_counter() - t0) * 1000, 2))
-        if recorder is not None:  # records
-            recorder.record(file, image, pred, result.elapsed_ms, source)
+        if pending is not None:  # records: answer once the record is committed
+            pending.wait()
         return result
 
     @app.post("/inspect/heatmap", dependencies=[Depends(check_key)], response_class=Response,
@@ -147,7 +148,7 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
         """Inspect one image and return the heatmap overlay itself as image/png."""
         image, pred, t0 = run_one(file)
         if recorder is not None:  # records
-            recorder.record(file, image, pred, round((time.perf_counter() - t0) * 1000, 2))
+            recorder.submit(file, image, pred, t0).wait()
         return Response(overlay_png(image, pred), media_type="image/png",
                         headers={"X-Defectlab-Score": f"{pred.score:.6g}",
                                  "X-Defectlab-Threshold": f"{pred.threshold:.6g}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -56,38 +57,42 @@ class ReviewBody(BaseModel):
 
 
 class Recorder:
-    """Records one ``/inspect`` request: the uploaded bytes, the prediction, the latency, the source."""
+    """Records ``/inspect`` requests. ``submit`` starts the work (map PNG, hashing, image file, insert,
+    commit) on a small writer pool right after the prediction, so it overlaps with the heatmap encoding;
+    the request then waits on ``Pending.wait()`` and answers only once its record is committed."""
 
-    def __init__(self, store: RecordStore, engine: Any, default_source: str = "") -> None:
+    def __init__(self, store: RecordStore, engine: Any, default_source: str = "", workers: int = 4) -> None:
         self.store, self.engine, self.default_source = store, engine, default_source
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="records")
 
-    def record(
-        self,
-        file: UploadFile,
-        image: Image.Image,
-        pred: Prediction,
-        latency_ms: float,
-        source: str | None = None,
-    ) -> int:
+    def submit(self, file: UploadFile, image: Image.Image, pred: Prediction, t0: float,
+               source: str | None = None) -> Pending:
+        """``t0``: when the request started; the recorded latency is decode + inference."""
+        latency_ms = round((time.perf_counter() - t0) * 1000, 2)
         file.file.seek(0)
         data = file.file.read()
         name = file.filename or ""
         ext = Path(name).suffix if Path(name).suffix else ".img"
-        rec = from_prediction(
-            pred,
-            data,
-            name,
-            image.width,
-            image.height,
-            version=cached_version(self.engine),
-            latency_ms=latency_ms,
-            source=source or self.default_source,
-            origin="service",
-            ext=ext,
-        )
-        try:
+        version = cached_version(self.engine)
+
+        def work() -> int:
+            rec = from_prediction(pred, data, name, image.width, image.height, version=version,
+                                  latency_ms=latency_ms, source=source or self.default_source,
+                                  origin="service", ext=ext)
             return self.store.record(rec)
-        except DefectLabError as exc:  # not on record = did not happen: tell the client
+
+        return Pending(self.pool.submit(work))
+
+
+class Pending:
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def wait(self) -> int:
+        """The record id once committed; 503 if it could not be (not on record = did not happen)."""
+        try:
+            return self.future.result()
+        except DefectLabError as exc:
             raise HTTPException(503, f"inspection not recorded: {exc}") from None
 
 
@@ -226,4 +231,4 @@ def attach_records(
     return Recorder(store, engine, source)
 
 
-__all__ = ["Recorder", "attach_records", "records_router", "time"]
+__all__ = ["Pending", "Recorder", "attach_records", "records_router"]

@@ -9,8 +9,9 @@ how the store answers at a million rows. SQLite and PostgreSQL (a throwaway clus
    see the same machine load; client-side p50/p95 and the p50 cost of recording in % of "off".
 2. load: per backend, a server with recording on takes ``--load-requests`` requests from 8 concurrent
    clients (each request a unique file name): errors, every request in the store exactly once, integrity
-   check. Then a fresh store: the server is SIGKILLed after a third of the requests, restarted on the same
-   store, and the rest are sent: every request answered 200 before the kill is in the store exactly once,
+   check (each request's image differs by a PNG text chunk, so each has its own file). Then a fresh
+   store: the server is SIGKILLed after a third of the requests, restarted on the same store, and the
+   rest are sent: every request answered 200 before the kill is in the store exactly once,
    no row half-written, integrity check passes (images present and matching their hashes).
 3. scale: ``--rows`` synthetic rows (30 days, 5 lines, 3 model versions, ~5% defects, a few ``unknown``
    types) bulk-inserted; p50 over 20 runs of the review queue's first page (what GET /review/queue does:
@@ -23,6 +24,7 @@ load average is recorded; the overhead ratio is measured side by side and is the
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -177,6 +179,17 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
     return out
 
 
+def unique_png(data: bytes, tag: str) -> bytes:
+    """The same picture with a text chunk naming the request: every request stores its own image file."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("request", tag)
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
 def _send_all(
     base: str, names: list[str], data: bytes, stop_after: int | None = None, on_count: Any = None
 ) -> dict[str, int]:
@@ -189,7 +202,8 @@ def _send_all(
 
         def one(name: str) -> None:
             try:
-                r = client.post(f"{base}/inspect", files={"file": (name, data)}, params={"heatmap": "false"})
+                r = client.post(f"{base}/inspect", files={"file": (name, unique_png(data, name))},
+                                params={"heatmap": "false"})
                 status[name] = r.status_code
             except httpx.HTTPError:
                 status[name] = 0

@@ -98,7 +98,7 @@ class Server:
                 *records,
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(TMP / f"records_server_{self.port}.log", "w"),  # noqa: SIM115 - the child owns it
             env=env,
         )
         self.base = f"http://127.0.0.1:{self.port}"
@@ -110,7 +110,8 @@ class Server:
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.close()
-                    raise SystemExit("server did not start")
+                    log = (TMP / f"records_server_{self.port}.log").read_text()[-2000:]
+                    raise SystemExit(f"server did not start ({' '.join(records)}): {log}")
                 time.sleep(0.3)
 
     def kill(self) -> None:

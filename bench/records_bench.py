@@ -102,7 +102,7 @@ class Server:
             env=env,
         )
         self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # a loaded 2-core machine starts torch slowly
         while True:
             try:
                 httpx.get(f"{self.base}/health", timeout=2)
@@ -385,6 +385,7 @@ def main() -> None:
     ap.add_argument("--load-requests", type=int, default=2000)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--suffix", default="", help="appended to the result file's name (parallel runs)")
     ap.add_argument("--reuse", action="store_true", help="scale: reuse the SQLite store of an earlier run")
     args = ap.parse_args()
     from tests.records_pg import postgres_server
@@ -415,7 +416,7 @@ def main() -> None:
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "results": res,
             }
-            path = RESULTS / f"records_{part}.json"
+            path = RESULTS / f"records_{part}{args.suffix}.json"
             path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
             print(f"-> {path}", flush=True)
 

@@ -114,6 +114,11 @@ class Server:
                     raise SystemExit(f"server did not start ({' '.join(records)}): {log}")
                 time.sleep(0.3)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads, the record writer pool included) used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
@@ -163,17 +168,21 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
                 for k in servers:
                     one(k, i)
             keys = list(servers)
+            cpu0 = {k: srv.cpu_s() for k, srv in servers.items()}
             for i in range(n):
                 order = keys[i % len(keys) :] + keys[: i % len(keys)]  # rotate: no server always first
                 for k in order:
                     lat[k].append(one(k, i))
+            cpu = {k: 1000 * (srv.cpu_s() - cpu0[k]) / n for k, srv in servers.items()}
     finally:
         for s in servers.values():
             s.close()
-    out = {k: _pct(v) for k, v in lat.items()}
+    out = {k: {**_pct(v), "server_cpu_ms_per_request": round(cpu[k], 2)} for k, v in lat.items()}
     off = out["off"]["p50_ms"]
     for b in variants:
         out[b]["overhead_p50_pct"] = round(100 * (out[b]["p50_ms"] - off) / off, 2)
+        # CPU the server spends per request: far less sensitive to the other work on the machine
+        out[b]["overhead_cpu_pct"] = round(100 * (cpu[b] - cpu["off"]) / cpu["off"], 2)
         # paired: the same request index, one after the other, so load swings cancel
         diffs = np.asarray(lat[b]) - np.asarray(lat["off"])
         out[b]["paired_median_diff_ms"] = round(1000 * float(np.median(diffs)), 2)

@@ -214,7 +214,12 @@ def serving() -> Section | None:
 
 
 def records() -> Section | None:
-    over, load_, scale = load("records_overhead.json"), load("records_load.json"), load("records_scale.json")
+    over, scale = load("records_overhead.json"), load("records_scale.json")
+    loads = {b: load(f"records_load_{b}.json") for b in ("sqlite", "postgresql")}  # one run per backend
+    load_ = None
+    if any(loads.values()):
+        first = next(d for d in loads.values() if d)
+        load_ = {**first, "results": {b: d["results"][b] for b, d in loads.items() if d}}
     if not (over or load_ or scale):
         return None
     rows, sources = [], []
@@ -224,8 +229,12 @@ def records() -> Section | None:
         r = over["results"]
         cells = [f"{r[b]['p50_ms']:.1f} ({r[b]['overhead_p50_pct']:+.1f}%)" if b in r else "-" for b in backends]
         rows.append([f"/inspect p50 ms (off: {r['off']['p50_ms']:.1f})", *cells])
+        if "server_cpu_ms_per_request" in r["off"]:
+            cells = [f"{r[b]['server_cpu_ms_per_request']:.1f} ({r[b]['overhead_cpu_pct']:+.1f}%)" if b in r else "-"
+                     for b in backends]
+            rows.append([f"server CPU ms per request (off: {r['off']['server_cpu_ms_per_request']:.1f})", *cells])
     if load_:
-        sources.append("bench/results/records_load.json")
+        sources += [f"bench/results/records_load_{b}.json" for b, d in loads.items() if d]
         r = load_["results"]
         n = load_["args"]["load_requests"]
 
@@ -252,9 +261,10 @@ def records() -> Section | None:
     d = over or load_ or scale
     return Section(
         "Inspection records: cost, durability, scale",
-        "python bench/records_bench.py --part overhead --image-size 128; "
-        "python bench/records_bench.py --part load --image-size 64; python bench/records_bench.py --part scale",
-        ", ".join(sources), load_text(d) + " shared with other work",
+        "python bench/records_bench.py --part overhead --image-size 128 --requests 80\n"
+        "python bench/records_bench.py --part load --image-size 64 --load-requests 1000 --backends sqlite "
+        "--suffix _sqlite   # and postgresql\npython bench/records_bench.py --part scale --rows 1000000",
+        ", ".join(sources), load_text(d) + "; the machine was shared with other work",
         table(["", "SQLite", "PostgreSQL"], rows),
         "Recording on vs off is measured side by side (requests alternate between three servers), so the "
         "percentage holds under the shared machine's load; the absolute milliseconds do not. The SIGKILL run "

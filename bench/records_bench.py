@@ -45,7 +45,8 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 TMP = RESULTS / "tmp"
 sys.path.insert(0, str(ROOT))  # tests.records_pg: the throwaway PostgreSQL server
-from serve_bench import _free_port, _pct  # noqa: E402 - bench/ is the script's folder
+from serve_bench import Server as EngineServer  # noqa: E402 - bench/ is the script's folder
+from serve_bench import _free_port, _pct  # noqa: E402
 
 
 def _machine() -> dict[str, Any]:
@@ -76,7 +77,7 @@ def test_images() -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in sorted(folder.rglob("*.png"))]
 
 
-class Server:
+class Server(EngineServer):
     """``defectlab serve RUN [--records ...]`` in a subprocess on a free loopback port (2 threads)."""
 
     def __init__(self, run: Path, records: list[str]) -> None:
@@ -113,11 +114,6 @@ class Server:
                     log = (TMP / f"records_server_{self.port}.log").read_text()[-2000:]
                     raise SystemExit(f"server did not start ({' '.join(records)}): {log}")
                 time.sleep(0.3)
-
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system, all threads, the record writer pool included) used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -83,14 +83,21 @@ def test_batched_equals_one_by_one_and_onnx_equals_torch_at_every_size(native_ru
     assert len({p.anomaly_map.shape for p in batched}) == 3
 
 
-def test_onnx_refuses_an_input_smaller_than_its_smoothing_window(native_run: Path, tmp_path: Path) -> None:
+def test_engines_agree_on_tiny_images(native_run: Path, tmp_path: Path) -> None:
+    """Both engines share ``min_input_side`` (the blur window): the same images refused, the same accepted."""
     import torch
 
-    onnx = OnnxDetector.load(native_run)
+    onnx, det = OnnxDetector.load(native_run), Detector.load(native_run)
+    assert onnx.min_input_side == det.min_input_side == 33
     with pytest.raises(ConfigError, match="too small for the ONNX scorer"):
         onnx.predict_tensor(torch.zeros(1, 3, 30, 64))
     tiny = tmp_path / "tiny.png"  # 40 px at the run's scale 0.5: 20 px, under the blur's 33
     Image.new("RGB", (40, 40), (90, 90, 90)).save(tiny)
-    with pytest.raises(BadInputError, match=r"tiny\.png: 20x20 px after preprocessing, less than the 33 px"):
-        onnx.predict_images([tiny])
-    assert len(Detector.load(native_run).predict_images([tiny])) == 1  # the torch engine takes it
+    for engine in (onnx, det):
+        with pytest.raises(BadInputError, match=r"tiny\.png: image too small: 40x40 px, 20x20 for the model"):
+            engine.predict_images([tiny])
+        with pytest.raises(BadInputError, match="image too small: 1x1 px"):
+            engine.predict_images([Image.new("RGB", (1, 1))])
+    edge = Image.new("RGB", (66, 80), (90, 90, 90))  # 33x40 for the model: both take it, same score
+    a, b = det.predict_images([edge])[0], onnx.predict_images([edge])[0]
+    assert a.score == pytest.approx(b.score, rel=1e-3, abs=1e-4)

@@ -157,6 +157,7 @@ class Detector:
         self.thresholds = thresholds
         self.training = dict(training or {})
         self.max_model_pixels: int | None = None
+        self.model_sha256: str | None = None  # of model.safetensors, set by load()
         self._transform = preprocess.transform()
 
     # -- input geometry (shared by every engine, so they accept and refuse the same images) ----------------
@@ -266,6 +267,10 @@ class Detector:
             "training": self.training,
             "config": cfg,
             "model": self.model.summary(),
+            "model_sha256": self.model_sha256,
+            "min_input_side": self.min_input_side,
+            "max_model_pixels": self.model_pixel_budget,
+            "scale": self.preprocess.scale if self.preprocess.variable_size else None,
         }
 
     # -- persistence ----------------------------------------------------------------------------------
@@ -324,9 +329,15 @@ class Detector:
                                     pre.get("mode", "RGB"), float(pre.get("scale", 1.0)),
                                     bool(pre.get("standardize", False)))
             thresholds = Thresholds(**meta["thresholds"])
+            for name in ("image", "pixel"):
+                value = getattr(thresholds, name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"threshold '{name}' must be a finite number, got {value!r}")
             if not (math.isfinite(preprocess.scale) and preprocess.scale > 0):
                 raise ValueError(f"preprocess scale must be a positive number, got {preprocess.scale}")
-            return cls(model, meta["method"], preprocess, thresholds, meta.get("training", {}))
+            det = cls(model, meta["method"], preprocess, thresholds, meta.get("training", {}))
+            det.model_sha256 = digest
+            return det
         except DefectLabError:
             raise
         except Exception as exc:  # noqa: BLE001 - a run folder is data: any failure to restore it is one line

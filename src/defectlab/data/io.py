@@ -217,13 +217,11 @@ def decode_for_model(source: str | Path | bytes, *, fit: Fit | None = None, mode
     try:
         if reduce > 1 and im.format == "JPEG":
             im.draft(im.mode, (-(-im.width // reduce), -(-im.height // reduce)))  # DCT scaling: 1/2, 1/4, 1/8
-        drafted = width * height // max(1, im.width * im.height)  # what draft mode already did (area)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
         im = to_mode(im, mode)
-        rest = min(max(1, reduce // max(1, math.isqrt(drafted))), im.width // max(1, raw_need[0]),
-                   im.height // max(1, raw_need[1]))
+        rest = _reduce_factor((im.width, im.height), raw_need, max_work_pixels)  # what draft mode left
         if rest > 1:
             im = im.reduce(rest)
         if orientation in _TRANSPOSE:  # what ImageOps.exif_transpose does, on the reduced image

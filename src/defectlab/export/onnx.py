@@ -209,6 +209,7 @@ class OnnxDetector(Detector):
             raise ConfigError(f"{base.method}: ONNX inference needs a whole-scorer export; only the feature "
                               "extractor is exportable for this method (use --engine torch)")
         det = cls(base.model, base.method, base.preprocess, base.thresholds, base.training)
+        det.model_sha256 = base.model_sha256
         scorer = meta["scorer"].get("file") if isinstance(meta["scorer"], dict) else None
         scorer_path = inside_run(folder, scorer, meta_path)
         try:

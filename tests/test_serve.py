@@ -79,7 +79,7 @@ def test_health_model_openapi_page(base: str) -> None:
     assert m["method"] == "patchcore" and m["backbone"] == "efficientnet_lite0" and m["image_size"] == [64, 64]
     assert m["thresholds"]["image"] > 0 and m["training"]["n_fit"] > 0
     assert m["limits"]["max_upload_bytes"] == int(0.25 * 2**20) and m["limits"]["max_pixels"] == 600_000
-    assert m["limits"]["max_model_pixels"] == 4 * 64 * 64 and m["min_input_side"] == 17
+    assert m["limits"]["max_model_pixels"] == 4 * 64 * 64 and m["min_input_side"] == 33  # sigma 8
     assert "/" not in m["training"]["data"] and str(m).count("/tmp") == 0  # no server paths shown
     assert m["version"] == h["model"] == f"patchcore-{m['model_sha256'][:12]}"
     r = httpx.get(f"{base}/ready")

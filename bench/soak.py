@@ -74,7 +74,10 @@ def largest_side(scale: float, budget: int, aspect: float = 1.0) -> tuple[int, i
     return w, int(w * aspect)
 
 
-def mixed_set(images: list[Path], scale: float, budget: int, n_real: int = 48) -> list[tuple[str, str, bytes]]:
+Item = tuple[str, str, bytes]  # kind, file name, bytes
+
+
+def mixed_set(images: list[Path], scale: float, budget: int, n_real: int = 48) -> list[Item]:
     """(kind, filename, bytes) items."""
     rng = random.Random(0)
     real = [("real", p.name, p.read_bytes()) for p in rng.sample(images, min(n_real, len(images)))]
@@ -112,8 +115,8 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
         self.log = open(RESULTS / "tmp" / f"soak_server_{engine}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "defectlab", "serve", str(run), "--engine", engine,
-                                      "--port", str(self.port), *(extra or [])],
+        self.proc = subprocess.Popen([sys.executable, "-m", "defectlab", "serve", str(run), "--engine",
+                                      engine, "--port", str(self.port), *(extra or [])],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 180
@@ -207,7 +210,8 @@ def soak(run: Path, engine: str, items: list[tuple[str, str, bytes]], requests: 
         "engine": engine, "requests": sum(counts.values()), "wall_s": round(wall, 1),
         "status_counts": dict(counts), "by_kind": {k: dict(v) for k, v in by_kind.items()},
         "n_5xx": sum(v for k, v in counts.items() if k.startswith("5")),
-        "latency_200_ms": {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1),
+        "latency_200_ms": {"p50": round(float(np.percentile(a, 50)), 1),
+                           "p95": round(float(np.percentile(a, 95)), 1),
                            "max": round(float(a.max()), 1)} if len(a) else None,
         "rss_mb": {"start": round(mb[0], 1) if mb else None, "mid": round(mid, 1), "end": round(end, 1),
                    "max": round(max(mb), 1) if mb else None,
@@ -255,7 +259,8 @@ def inspect_poison(run: Path, images: list[Path], n: int = 500) -> dict:
         shutil.copy(p, folder / f"{i:04d}{p.suffix}")
     base = Image.open(images[0]).convert("RGB")
     poison = {"p1_6300.png": encode(Image.new("L", (6300, 6300))), "p2_bomb.png": bomb_png(50_000, 50_000),
-              "p3_trunc.jpg": encode(base, "JPEG")[:1500], "p4_49mpx.png": encode(Image.new("L", (7000, 7000))),
+              "p3_trunc.jpg": encode(base, "JPEG")[:1500],
+              "p4_49mpx.png": encode(Image.new("L", (7000, 7000))),
               "p5_2000.png": encode(base.resize((2000, 2000)))}
     for i, (name, data) in enumerate(poison.items()):  # spread through the folder: inside different batches
         (folder / f"{(i + 1) * 90:04d}_{name}").write_bytes(data)
@@ -263,12 +268,13 @@ def inspect_poison(run: Path, images: list[Path], n: int = 500) -> dict:
     out.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "defectlab", "inspect", str(run), str(folder), "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=3600)
+    cmd = [sys.executable, "-m", "defectlab", "inspect", str(run), str(folder), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     wall = time.monotonic() - t0
     rows = list(csv.DictReader(out.open()))
     errors = {r["path"]: r["error"] for r in rows if r["verdict"] == "error"}
-    return {"images": len(list(folder.iterdir())), "rows": len(rows), "errors": len(errors), "error_rows": errors,
+    return {"images": len(list(folder.iterdir())), "rows": len(rows), "errors": len(errors),
+            "error_rows": errors,
             "exit_code": proc.returncode, "runs": 1, "wall_s": round(wall, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             "stdout": proc.stdout.strip().splitlines()[-1:]}
@@ -304,12 +310,14 @@ def main() -> None:
     }
     for engine in args.engines.split(","):
         result[f"soak_{engine}"] = soak(args.run, engine, items, args.requests, args.minutes * 60)
-        print(json.dumps({k: v for k, v in result[f"soak_{engine}"].items() if k != "rss_series_mb"}), flush=True)
+        shown = {k: v for k, v in result[f"soak_{engine}"].items() if k != "rss_series_mb"}
+        print(json.dumps(shown), flush=True)
     if args.memory:
         typical = next(d for k, _, d in items if k == "real")
         largest = next(d for _, n, d in items if n == "largest.png")
         for engine in args.engines.split(","):
-            result[f"memory_{engine}"] = request_memory(args.run, engine, typical, {"largest_accepted": largest})
+            cases = {"largest_accepted": largest}
+            result[f"memory_{engine}"] = request_memory(args.run, engine, typical, cases)
             print(json.dumps(result[f"memory_{engine}"]), flush=True)
         fixed = RESULTS / "tmp" / "soak_run_letterbox"  # same model, fixed-size input: decode limit decides
         shutil.rmtree(fixed, ignore_errors=True)

@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_inspect_fixtures import detector, fitted_run, free_port, live_server, sample_images
 
 from defectlab.serve import ServeConfig, create_app
+from tests.test_inspect_fixtures import detector, fitted_run, free_port, live_server, sample_images
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +82,13 @@ def test_queue_full_503_and_inference_timeout_504(run: Path, synthetic_object: P
         first.start()
         assert engine.entered.wait(30)
         busy = post(base, good)  # the one admitted slot is taken
-        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "busy" in busy.json()["detail"]
         first.join(30)
         assert results[0].status_code == 504 and "did not finish" in results[0].json()["detail"]
         engine.release.set()
         deadline = time.monotonic() + 30
-        while (r := post(base, good)).status_code != 200:  # the worker finishes the timed-out one, then serves
+        while (r := post(base, good)).status_code != 200:  # the worker finishes the late one, then serves
             assert time.monotonic() < deadline, r.text
         metrics = httpx.get(f"{base}/metrics").text
         assert 'defectlab_requests_total{path="/inspect",status="503"} 1.0' in metrics
@@ -159,7 +160,8 @@ def test_large_image_reduced_on_load_and_exif_applied(run: Path, synthetic_objec
                                 if "line-7" in rec.getMessage()]) and time.monotonic() < deadline:
                 time.sleep(0.02)
         assert line and line[0]["verdict"] == "defect" and line[0]["status"] == 200
-        assert line[0]["model"] == body["model"] and line[0]["latency_ms"] > 0 and line[0]["ts"].endswith("+00:00")
+        assert line[0]["model"] == body["model"] and line[0]["latency_ms"] > 0
+        assert line[0]["ts"].endswith("+00:00")
         # EXIF orientation 6 (rotate 90 degrees clockwise to view): the response is in the viewing frame
         wide = hole.resize((128, 96))
         exif = Image.Exif()
@@ -173,7 +175,8 @@ def test_decode_of_a_huge_jpeg_stays_small(tmp_path: Path) -> None:
     decode (108 MB), measured in a fresh process (no torch)."""
     path = tmp_path / "huge.jpg"
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (600, 600, 3), dtype=np.uint8)).resize((6000, 6000)).save(path, quality=80)
+    small = Image.fromarray(rng.integers(0, 255, (600, 600, 3), dtype=np.uint8))
+    small.resize((6000, 6000)).save(path, quality=80)
     code = f"""
 import resource
 from defectlab.data.io import decode_for_model
@@ -187,3 +190,22 @@ print(d.width, d.height, d.image.width, d.image.height, (peak - base) // 1024)
     w, h, rw, rh, grew_mb = map(int, out.stdout.split())
     assert (w, h) == (6000, 6000) and 256 <= rw <= 512 and 256 <= rh <= 512
     assert grew_mb < 40, f"decode grew the process by {grew_mb} MB"
+
+
+def test_page_legend_matches_the_renderer() -> None:
+    """The page says: blue = 0, green = the pixel threshold, red = twice it; the renderer agrees."""
+    from importlib import resources
+
+    from defectlab.anomaly.base import Prediction
+    from defectlab.inspect.render import overlay
+
+    page = resources.files("defectlab.serve").joinpath("page.html").read_text()
+    assert "red = twice it or more" in page and "red = above threshold" not in page
+    amap = np.zeros((4, 12), np.float32)
+    amap[:, 4:8], amap[:, 8:] = 1.0, 2.0  # 0, the threshold, twice the threshold
+    pred = Prediction("x", 0.0, 1.0, False, amap, [], {"pixel_threshold": 1.0})
+    rgb = np.asarray(overlay(Image.new("RGB", (12, 4)), pred, alpha=1.0)).astype(int)
+    zero, at, twice = rgb[0, 0], rgb[0, 5], rgb[0, 10]
+    assert zero[2] > zero[0] and zero[2] > zero[1]  # blue
+    assert at[1] > 200 and at[1] > at[0] + 80 and at[1] > at[2] + 80  # green
+    assert twice[0] > 100 and twice[0] > 2 * twice[1] and twice[0] > 2 * twice[2]  # red

@@ -204,7 +204,7 @@ class Detector:
         return self.decode_full(source, **kwargs).image
 
     def decode_full(self, source: str | Path | bytes, **kwargs: Any) -> Decoded:
-        """As ``decode``, with the file's own size; images over the model's pixel budget are reduced on load."""
+        """As ``decode``, with the file's own size; images over the model's pixel budget reduced on load."""
         kwargs.setdefault("max_work_pixels", self.model_pixel_budget)
         return decode_for_model(source, fit=self.input_size, mode=self.preprocess.mode, **kwargs)
 

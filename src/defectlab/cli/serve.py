@@ -22,14 +22,14 @@ def serve(
     api_key: str = typer.Option(None, envvar="DEFECTLAB_API_KEY",
                                 help="Require this key in the X-API-Key header (or set DEFECTLAB_API_KEY)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, MiB (413 above)."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Largest image file, width x height (413 above)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Largest image file, width x height (413)."),
     max_model_pixels: int = typer.Option(None, help="Largest input the model sees, w x h after its resize "
                                          "(413 above; default 4x the fitted input area)."),
     engine: str = typer.Option("torch", help="torch | onnx (onnx needs `defectlab export onnx RUN` first)."),
     queue_size: int = typer.Option(8, help="Inference requests admitted at once (503 + Retry-After beyond)."),
     body_timeout: float = typer.Option(30.0, help="Seconds an upload may stall before 408."),
     inference_timeout: float = typer.Option(60.0, help="Seconds a request waits for its result before 504."),
-    shutdown_timeout: float = typer.Option(15.0, help="On SIGTERM/Ctrl-C, seconds to finish in-flight requests."),
+    shutdown_timeout: float = typer.Option(15.0, help="On SIGTERM, seconds to finish in-flight requests."),
 ) -> None:
     """Serve the model: POST /inspect, GET /health /ready /metrics /model, API docs at /docs, page at /."""
     import uvicorn

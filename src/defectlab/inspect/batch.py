@@ -106,7 +106,8 @@ def _load(model: Engine, path: Path, max_pixels: int) -> Decoded | str:
             return model.decode_full(path, max_pixels=max_pixels)
         return decode_for_model(path, max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a production run
-        return _reason(exc) if isinstance(exc, DefectLabError) else f"cannot read ({type(exc).__name__}: {exc})"
+        return _reason(exc) if isinstance(exc, DefectLabError) else \
+            f"cannot read ({type(exc).__name__}: {exc})"
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -180,14 +181,16 @@ class InFlight:
         self.path.unlink(missing_ok=True)
 
 
-def _error_rows_left_behind(inflight: InFlight, todo: list[Path], folder: Path) -> tuple[list[dict], set[str]]:
+def _error_rows_left_behind(inflight: InFlight, todo: list[Path],
+                            folder: Path) -> tuple[list[dict], set[str]]:
     """Error rows for an image the last run died on alone; the paths of a batch it died on (taken singly)."""
     paths, alone = inflight.left_behind()
     pending = {p.relative_to(folder).as_posix() for p in todo}
     paths = [p for p in paths if p in pending]
     if alone and paths:
-        return [_row(p, None, None, "", "the previous run was killed while inspecting this image alone (out of "
-                                        "memory or a crashing decoder?); not tried again (--retry-errors does)")
+        return [_row(p, None, None, "", "the previous run was killed while inspecting this image alone "
+                                        "(out of memory or a crashing decoder?); not tried again "
+                                        "(--retry-errors does)")
                 for p in paths], set()
     return [], set(paths)
 

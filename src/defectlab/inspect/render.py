@@ -1,7 +1,7 @@
 """Heatmap overlays for one inspected image: the anomaly map in colour over the image, defect boxes drawn.
 
 The colour scale is fixed relative to the deployable pixel threshold (the image threshold when the
-detector has none): 0 -> faint blue, the threshold -> yellow-green, twice the threshold -> red, so
+detector has none): 0 -> faint blue, the threshold -> green, twice the threshold -> red, so
 overlays of different images compare by eye.
 """
 

@@ -42,6 +42,7 @@ from defectlab.serve.ops import DOCS_PAGE, Metrics, RequestContext, RequestHook,
 
 log = logging.getLogger(__name__)
 INFERENCE_PATHS = ("/inspect", "/inspect/heatmap")
+UPLOAD_HELP = "PNG, JPEG, BMP, TIFF or WebP image"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class InspectResult(BaseModel):
     verdict: str  # "defect" | "good"
     is_defect: bool
     boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 in the file's pixels (x1, y1 exclusive)
-    heatmap_png: str | None  # base64 PNG: the anomaly map over the image, boxes drawn (a large image: reduced)
+    heatmap_png: str | None  # base64 PNG: the anomaly map over the image, boxes drawn (large images: reduced)
     elapsed_ms: float
     model: str  # the model's version: method and the first 12 hex digits of its sha256
     request_id: str
@@ -86,9 +87,10 @@ class Health(BaseModel):
     uptime_s: float
 
 
-_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when the server runs with --api-key.")
-_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-        "connect-src 'self'")
+_KEY = APIKeyHeader(name="X-API-Key", auto_error=False,
+                    description="Needed when the server runs with --api-key.")
+_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
+        "script-src 'unsafe-inline'; connect-src 'self'")
 
 
 def model_version(info: dict[str, Any]) -> str:
@@ -98,9 +100,10 @@ def model_version(info: dict[str, Any]) -> str:
 
 def result_fields(filename: str, decoded: Decoded, pred: Prediction) -> dict[str, Any]:
     """The inspection fields of a response (``/inspect`` JSON; also handed to inspection hooks)."""
-    return {"filename": filename, "width": decoded.width, "height": decoded.height, "score": float(pred.score),
-            "threshold": float(pred.threshold), "verdict": "defect" if pred.is_defect else "good",
-            "is_defect": bool(pred.is_defect), "boxes": [tuple(int(v) for v in b) for b in pred.boxes]}
+    return {"filename": filename, "width": decoded.width, "height": decoded.height,
+            "score": float(pred.score), "threshold": float(pred.threshold),
+            "verdict": "defect" if pred.is_defect else "good", "is_defect": bool(pred.is_defect),
+            "boxes": [tuple(int(v) for v in b) for b in pred.boxes]}
 
 
 def probe_image(engine: Engine) -> Image.Image:
@@ -172,7 +175,9 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
             raise HTTPException(504, f"inference did not finish within {config.inference_timeout_s:g} s",
                                 headers={"Retry-After": "5"}) from None
 
-    def score(data: bytes, filename: str, request_id: str, heatmap: bool) -> tuple[dict[str, Any], bytes | None]:
+    Scored = tuple[dict[str, Any], bytes | None]  # response fields, heatmap PNG
+
+    def score(data: bytes, filename: str, request_id: str, heatmap: bool) -> Scored:
         try:
             pre = getattr(engine, "preprocess", None)
             decoded = decode_upload(data, max_pixels=config.max_pixels, mode=pre.mode if pre else "RGB",
@@ -190,7 +195,7 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
         finally:
             _trim_heap()
 
-    async def inspect_upload(request: Request, file: UploadFile, heatmap: bool) -> tuple[dict[str, Any], bytes | None]:
+    async def inspect_upload(request: Request, file: UploadFile, heatmap: bool) -> Scored:
         data = await file.read()
         record = request.state.log
         fields, png = await on_worker(lambda: score(data, file.filename or "", record["request_id"], heatmap))
@@ -246,14 +251,17 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
         return {**public_info(info), "engine": config.engine, "version": version, "limits": limits}
 
     @app.post("/inspect", response_model=InspectResult, dependencies=[Depends(check_key)],
-              responses={401: {"description": "API key missing or wrong"}, 408: {"description": "Upload stalled"},
-                         413: {"description": "Upload or image too large"}, 415: {"description": "Not an image"},
+              responses={401: {"description": "API key missing or wrong"},
+                         408: {"description": "Upload stalled"},
+                         413: {"description": "Upload or image too large"},
+                         415: {"description": "Not an image"},
                          422: {"description": "Broken or too small image"},
                          503: {"description": "Queue full: retry after Retry-After seconds"},
                          504: {"description": "Inference timed out"}})
     async def inspect(request: Request,
-                      file: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF or WebP image")],
-                      heatmap: Annotated[bool, Query(description="Include the heatmap overlay PNG (base64)")] = True,
+                      file: Annotated[UploadFile, File(description=UPLOAD_HELP)],
+                      heatmap: Annotated[bool, Query(description="Include the heatmap overlay PNG (base64)")]
+                      = True,
                       ) -> InspectResult:
         """Inspect one image: anomaly score, verdict against the deployable threshold, boxes, heatmap."""
         t0 = time.perf_counter()
@@ -266,8 +274,7 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
               responses={200: {"content": {"image/png": {}}, "description": "Heatmap overlay PNG; the score "
                                "and verdict are in the X-Defectlab-Score / X-Defectlab-Verdict headers"}})
     async def inspect_heatmap(request: Request,
-                              file: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF or WebP image")]
-                              ) -> Response:
+                              file: Annotated[UploadFile, File(description=UPLOAD_HELP)]) -> Response:
         """Inspect one image and return the heatmap overlay itself as image/png."""
         fields, png = await inspect_upload(request, file, True)
         return Response(png, media_type="image/png",
@@ -275,7 +282,8 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
                                  "X-Defectlab-Threshold": f"{fields['threshold']:.6g}",
                                  "X-Defectlab-Verdict": fields["verdict"]})
 
-    app.add_middleware(BodyLimit, max_bytes=int(config.max_upload_mb * 2**20), timeout_s=config.body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=int(config.max_upload_mb * 2**20),
+                       timeout_s=config.body_timeout_s)
     gate = QueueGate(config.queue_size)
     app.add_middleware(Admission, gate=gate, paths=INFERENCE_PATHS)
     metrics = Metrics(lambda: float(gate.depth))

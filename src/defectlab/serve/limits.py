@@ -32,8 +32,8 @@ def decode_upload(data: bytes, *, max_pixels: int, mode: str = "RGB", fit: Fit |
     if not data:
         raise UploadRefused(400, "empty upload: send an image file in the multipart field 'file'")
     try:
-        return decode_for_model(data, fit=fit, mode=mode, max_pixels=max_pixels, max_work_pixels=max_work_pixels,
-                                formats=UPLOAD_FORMATS)
+        return decode_for_model(data, fit=fit, mode=mode, max_pixels=max_pixels,
+                                max_work_pixels=max_work_pixels, formats=UPLOAD_FORMATS)
     except ImageRefused as exc:
         message = exc.problem
         if exc.status == 415:
@@ -44,8 +44,9 @@ def decode_upload(data: bytes, *, max_pixels: int, mode: str = "RGB", fit: Fit |
 async def _send_json(send, status: int, detail: str, headers: list | None = None) -> None:  # type: ignore[no-untyped-def]
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *(headers or [])]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

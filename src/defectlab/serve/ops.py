@@ -74,8 +74,8 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode()),
-                                                   (b"x-defectlab-model", self.model.encode())]}
+                extra = [(b"x-request-id", rid.encode()), (b"x-defectlab-model", self.model.encode())]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:

@@ -2,8 +2,11 @@
 
 * Rows are appended and flushed after every batch, so a killed run loses at most the batch in flight;
   re-running with the same CSV skips every image already listed (a half-written last line is dropped).
-* An image that cannot be read gets a row with ``verdict=error`` and the reason; the run goes on.
-  ``retry_errors=True`` drops those rows first and tries the files again.
+* An image that cannot be read, is over a limit (``defectlab.data.io.decode_for_model``: the file's pixel
+  limit and the model's own) or fails in the engine gets a row with ``verdict=error`` and the reason; the
+  rest of its batch and the run go on. ``retry_errors=True`` drops those rows first and tries again.
+* ``<csv>.inflight`` names the images being decoded and scored; a run killed by one of them (out of
+  memory, a crashing decoder) is not killed again: see ``InFlight``.
 * Decoding of the next batch overlaps with inference of the current one (a small thread pool).
 """
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_inspect_fixtures import detector, fitted_run, free_port, live_server, sample_images
+from tests.test_inspect_fixtures import cli_server, detector, fitted_run, live_server, sample_images
 
 from defectlab.serve import ServeConfig, create_app
 
@@ -186,21 +183,8 @@ def test_load_300_requests_8_concurrent(base: str, synthetic_object: Path) -> No
 
 
 def test_cli_serve_subprocess_binds_loopback(run: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "DEFECTLAB_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "defectlab", "serve", str(run), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
-                time.sleep(0.3)
+    with cli_server(run, env={"DEFECTLAB_API_KEY": KEY}) as (proc, port):
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert r.json()["auth_required"] is True  # the key came from the environment
-    finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from defectlab.serve import ServeConfig, create_app
-from tests.test_inspect_fixtures import detector, fitted_run, free_port, live_server, sample_images
+from tests.test_inspect_fixtures import cli_server, detector, fitted_run, live_server, sample_images
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +115,7 @@ def test_stalled_upload_gets_408(run: Path) -> None:
 
 
 def test_sigterm_finishes_with_stalled_uploads(run: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "defectlab", "serve", str(run), "--port", str(port),
-                             "--body-timeout", "20", "--shutdown-timeout", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
+    with cli_server(run, "--body-timeout", "20", "--shutdown-timeout", "2") as (proc, port):
         stalled = [_stalled_upload(port) for _ in range(20)]
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -135,10 +123,6 @@ def test_sigterm_finishes_with_stalled_uploads(run: Path) -> None:
         assert time.monotonic() - t0 < 12
         for s in stalled:
             s.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_large_image_reduced_on_load_and_exif_applied(run: Path, synthetic_object: Path,

@@ -67,11 +67,13 @@ class Recorder:
 
     def submit(self, file: UploadFile, image: Image.Image, pred: Prediction, t0: float,
                source: str | None = None) -> Pending:
-        """``t0``: when the request started; the recorded latency is decode + inference."""
-        latency_ms = round((time.perf_counter() - t0) * 1000, 2)
         file.file.seek(0)
-        data = file.file.read()
-        name = file.filename or ""
+        return self.submit_bytes(file.file.read(), file.filename or "", image, pred, t0, source)
+
+    def submit_bytes(self, data: bytes, name: str, image: Image.Image, pred: Prediction, t0: float,
+                     source: str | None = None) -> Pending:
+        """``t0``: when scoring started; the recorded latency is decode + inference."""
+        latency_ms = round((time.perf_counter() - t0) * 1000, 2)
         ext = Path(name).suffix if Path(name).suffix else ".img"
         version = cached_version(self.engine)
 

@@ -285,20 +285,23 @@ def soak() -> Section | None:
         s, m = d.get(f"soak_{engine}"), d.get(f"memory_{engine}")
         if s is None:
             continue
-        lat = s["latency_200_ms"] or {}
+        lat, rss = s["latency_200_ms"] or {}, s["rss_mb"]
         big = (m or {}).get("largest_accepted", {})
         rows.append([engine, s["requests"], s["n_5xx"], f"{lat.get('p50', 0):.0f}", f"{lat.get('p95', 0):.0f}",
-                     f"{s['rss_mb']['mid']:.0f} -> {s['rss_mb']['end']:.0f} ({s['rss_mb']['growth_last_half_pct']:+.1f}%)",
+                     f"{rss['mid']:.0f} -> {rss['end']:.0f} ({rss['growth_last_half_pct']:+.1f}%)",
                      f"{(m or {}).get('typical', {}).get('peak_mb', 0):.0f} / {big.get('peak_mb', 0):.0f} MB "
                      f"({big.get('peak_vs_typical', 0):.2f}x)"])
     fixed = d.get("memory_torch_letterbox", {})
     poison = d.get("inspect_poison")
-    reading = (f"{d['mix']} requests (real magnetic_tile test images, every malformed kind, the largest accepted "
-               f"images) from 8 clients for {d['minutes_per_engine']:g} minutes per engine against a `defectlab "
-               "serve` subprocess: what fitted in that time on the shared machine, not the 20,000 the target "
-               "names. No 5xx; RSS flat over the second half. Peak RSS of one request: a typical image vs the "
-               f"largest accepted ({d['largest_accepted'][0]} px square at this run's scale), each in a fresh "
-               "server.")
+    mix = d["mix"]
+    n5 = sum(d[f"soak_{e}"]["n_5xx"] for e in ("torch", "onnx") if f"soak_{e}" in d)
+    growth = max(abs(d[f"soak_{e}"]["rss_mb"]["growth_last_half_pct"]) for e in ("torch", "onnx") if f"soak_{e}" in d)
+    reading = (f"8 clients cycle through {mix['real']} real magnetic_tile test images, {mix['malformed']} malformed "
+               f"uploads (every kind) and {mix['large']} largest-accepted images for {d['minutes_per_engine']:g} "
+               "minutes per engine against a `defectlab serve` subprocess: what fitted in that time on the shared "
+               f"machine, not the 20,000 requests the target names. {n5} responses were 5xx; RSS changed by at most "
+               f"{growth:.1f}% over the second half. Peak RSS of one request: a typical image vs the largest "
+               f"accepted ({d['largest_accepted'][0]} px square at this run's scale), each in a fresh server.")
     if fixed:
         reading += (f" Same model with a fixed-size input: a 6300x6300 PNG (the file limit decides) peaks at "
                     f"{fixed['6300x6300.png']['peak_mb']:.0f} MB vs {fixed['typical']['peak_mb']:.0f} MB typical "

@@ -72,6 +72,9 @@ def split(
     long_tail: float = typer.Option(None, help="Imbalance factor of an exponential long-tail train profile."),
     seed: int = typer.Option(0, help="Seed of the shuffles (same seed, same manifest)."),
     lenient: bool = typer.Option(False, help="Skip defect images without masks instead of stopping."),
+    groups: str = typer.Option("", help="Group rule: keep each group (shots of one part) on one side: "
+                               "'regex:PATTERN' (part named in the file name), 'csv:FILE' (path,group "
+                               "table), 'auto' (near-duplicates)."),
 ) -> None:
     """Supervised train/val/test (or k-fold) splits for defect-type classification, as a CSV manifest."""
     from rich.console import Console
@@ -79,13 +82,18 @@ def split(
 
     from defectlab.data.index import open_dataset
     from defectlab.data.split import (
-        SplitConfig, make_split, parse_ratio, read_manifest, split_counts, write_manifest,
+        SplitConfig,
+        make_split,
+        parse_ratio,
+        read_manifest,
+        split_counts,
+        write_manifest,
     )
 
     cfg = SplitConfig(val=val, test=test, folds=folds, use_train_good=use_train_good,
                       ratio=parse_ratio(ratio),
                       classes=tuple(c.strip() for c in (classes or "").split(",") if c.strip()),
-                      long_tail=long_tail, seed=seed)
+                      long_tail=long_tail, seed=seed, groups=groups)
     index = read_manifest(path) if path.suffix.lower() == ".csv" else open_dataset(path, lenient=lenient)
     rows = make_split(index, cfg)
     write_manifest(rows, out, cfg, root=index.root)
@@ -98,4 +106,8 @@ def split(
     table.add_column("total", justify="right")
     for s, per in counts.items():
         table.add_row(s, *(str(per.get(c, 0)) for c in names), str(sum(per.values())))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if groups:
+        console.print(f"{len({r.group for r in rows})} groups under '{groups}'; no group is in two "
+                      f"{'folds' if folds else 'splits'}")

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from defectlab.classify.data import ImageSet, cache_images
 from defectlab.classify.models import ModelConfig, build_classifier
+from defectlab.classify.probe import ProbeFitter
 from defectlab.classify.report import (
     aggregate,
     collapse_check,
@@ -257,19 +258,23 @@ def _make_folds(records: list[SampleRecord], folds_of: dict[str, int]) -> list[F
 
 
 class _Cache:
-    """Every image of the experiment decoded once per (image size, resize mode)."""
+    """Every image of the experiment decoded once per input (image size, resize mode, whole or region crop)."""
 
     def __init__(self, records: list[SampleRecord], classes: list[str]) -> None:
-        self.paths = sorted({str(r.path) for r in records})
+        self.records = {str(r.path): r for r in records}
+        self.paths = sorted(self.records)
         self.pos = {p: i for i, p in enumerate(self.paths)}
         self.c2i = {c: i for i, c in enumerate(classes)}
-        self._sets: dict[tuple[int, str], ImageSet] = {}
+        self._sets: dict[tuple, ImageSet] = {}
 
-    def subset(self, records: list[SampleRecord], size: int, resize: str) -> ImageSet:
-        key = (size, resize)
+    def subset(self, records: list[SampleRecord], t: TrainConfig) -> ImageSet:
+        region = t.input == "region"
+        key = (t.image_size, t.resize, t.input) + ((t.region_margin, t.region_min_side) if region else ())
         if key not in self._sets:
-            recs = [SampleRecord(Path(p), "all", next(iter(self.c2i))) for p in self.paths]
-            self._sets[key] = cache_images(recs, self.c2i, size=size, resize=resize, desc=f"decode {size}px")
+            recs = [SampleRecord(Path(p), "all", next(iter(self.c2i)), self.records[p].mask_path) for p in self.paths]
+            self._sets[key] = cache_images(recs, self.c2i, size=t.image_size, resize=t.resize,
+                                           desc=f"decode {t.input} {t.image_size}px", input=t.input,
+                                           margin=t.region_margin, min_side=t.region_min_side)
         full = self._sets[key]
         idx = torch.tensor([self.pos[str(r.path)] for r in records], dtype=torch.long)
         labels = torch.tensor([self.c2i[r.defect_type] for r in records], dtype=torch.long)
@@ -331,8 +336,9 @@ def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cach
         result = json.loads(done.read_text())
         return result, result["history"]
     t = attempt.train
-    train, val, test = (cache.subset(getattr(fold, s), t.image_size, t.resize) for s in ("train", "val", "test"))
-    trainer = Trainer(attempt.model, t, classes, fdir, progress=progress, on_epoch_end=on_epoch_end).fit(train, val)
+    train, val, test = (cache.subset(getattr(fold, s), t) for s in ("train", "val", "test"))
+    fitter = ProbeFitter if t.probe != "none" else Trainer
+    trainer = fitter(attempt.model, t, classes, fdir, progress=progress, on_epoch_end=on_epoch_end).fit(train, val)
     setup, device = trainer.setup_, trainer.device_
     logits = predict_logits(setup, test.images, batch_size=t.eval_batch_size, device=device)
     pred = logits.argmax(1)

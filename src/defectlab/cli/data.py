@@ -43,13 +43,15 @@ def describe(
     lenient: bool = typer.Option(False, help="Warn about and skip unusable files instead of stopping."),
     verify: bool = typer.Option(False, help="Decode every image fully (finds truncated files; slower)."),
     mask_dir: Path = typer.Option(None, help="Folder layout: parallel folder of masks <mask_dir>/<defect>/."),
+    groups: str = typer.Option("", help="Group rule (regex:PATTERN, csv:FILE, auto): report the groups and warn "
+                               "when the split leaks them (a manifest's own group column is used without one)."),
 ) -> None:
     """The dataset report: classes, images per split and class, sizes, modes, mask coverage, imbalance."""
     from rich.console import Console
 
     from defectlab.data.describe import describe_path, rich_tables, write_report
 
-    report, indexes = describe_path(path, lenient=lenient, verify=verify, mask_dir=mask_dir)
+    report, indexes = describe_path(path, lenient=lenient, verify=verify, mask_dir=mask_dir, groups=groups)
     console = Console()
     for table in rich_tables(report):
         console.print(table)

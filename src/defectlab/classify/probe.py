@@ -38,6 +38,9 @@ from defectlab.classify.train import (
 from defectlab.config import to_dict
 
 PROTOTYPE_SCALE = 16.0  # cosine similarities in [-1, 1] times this are the logits (a softmax temperature)
+# Frozen features of the last backbone/input used, per image path: the folds of an experiment share images,
+# so each image is passed through the backbone once per attempt family, not once per fold.
+_CACHE: dict[str, object] = {"key": None, "features": {}}
 
 
 @torch.no_grad()  # not inference_mode: the features are fitted on with autograd
@@ -99,7 +102,7 @@ class ProbeFitter:
         setup = build_setup(self.model_cfg, cfg, self.classes, counts)
         setup.classifier.freeze("all")
         setup.model.to(device)
-        feats = features(setup, train.images, batch_size=cfg.eval_batch_size, device=device, flips=True)
+        feats = self._train_features(setup, train, device)
         labels = train.labels.repeat_interleave(4)
         linear = setup.classifier.head[-1]
         if cfg.probe == "prototype":
@@ -109,7 +112,8 @@ class ProbeFitter:
             linear.weight.data.copy_(w)
             linear.bias.data.copy_(b)
         train_s = time.perf_counter() - t0
-        train_logits = predict_logits(setup, train.images, batch_size=cfg.eval_batch_size, device=device)
+        with torch.no_grad():
+            train_logits = setup.classifier.head(feats[::4])  # the unflipped view of each training image
         val_logits = predict_logits(setup, val.images, batch_size=cfg.eval_batch_size, device=device)
         row = {"epoch": 1, "train_loss": F.cross_entropy(train_logits, train.labels).item(),
                "train_acc": (train_logits.argmax(1) == train.labels).float().mean().item(),
@@ -127,3 +131,18 @@ class ProbeFitter:
         self.train_seconds_ = row["seconds"]
         self.class_counts_ = counts
         return self
+
+    def _train_features(self, setup: Setup, train: ImageSet, device: torch.device) -> torch.Tensor:
+        """(4N, D) features of the training images and their flips, reusing the cache where it can."""
+        cfg = self.train_cfg
+        key = repr((to_dict(self.model_cfg), cfg.image_size, cfg.resize, cfg.input, cfg.region_margin,
+                    cfg.region_min_side))
+        if _CACHE["key"] != key:
+            _CACHE.update(key=key, features={})
+        known: dict[str, torch.Tensor] = _CACHE["features"]  # type: ignore[assignment]
+        todo = [i for i, p in enumerate(train.paths) if p not in known]
+        if todo:
+            new = features(setup, train.images[todo], batch_size=cfg.eval_batch_size, device=device, flips=True)
+            for j, i in enumerate(todo):
+                known[train.paths[i]] = new[4 * j:4 * j + 4]
+        return torch.cat([known[p] for p in train.paths])

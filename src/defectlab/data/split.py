@@ -200,8 +200,8 @@ def make_split(index: DatasetIndex, cfg: SplitConfig) -> list[ManifestRow]:
 def _grouped_rows(pool: dict[str, list[SampleRecord]], cfg: SplitConfig) -> list[ManifestRow]:
     """Whole groups to test, val and folds, per class (a group's class is its most common one).
 
-    Per class, the groups are shuffled (seed), test and val take groups in that order until they hold
-    their fraction of the class's images, and the remaining groups go, largest first, to the fold with
+    Per class, the groups are shuffled (seed), test and val take, in that order, each group that brings
+    them nearer their fraction of the class's images, and the remaining groups go, largest first, to the fold with
     the fewest images of the class (then the fewest images overall): folds stay stratified and balanced.
     """
     from defectlab.data.groups import group_keys
@@ -224,9 +224,13 @@ def _grouped_rows(pool: dict[str, list[SampleRecord]], cfg: SplitConfig) -> list
         n = sum(len(members[g]) for g in groups)
         held: dict[str, list[str]] = {"test": [], "val": []}
         for split, frac in (("test", cfg.test), ("val", 0.0 if cfg.folds else cfg.val)):
-            target = _n_held(n, frac)
-            while groups and sum(len(members[g]) for g in held[split]) < target:
-                held[split].append(groups.pop(0))
+            target, count = _n_held(n, frac), 0
+            for g in list(groups):  # in shuffled order, each group that brings the count nearer the target
+                size = len(members[g])
+                if count < target and (count + size - target <= target - count or not held[split]):
+                    held[split].append(g)
+                    groups.remove(g)
+                    count += size
         need = cfg.folds or 1
         if len(groups) < need:
             parts = ", ".join(f"{len(held[s])} {s}" for s in ("test", "val") if held[s])

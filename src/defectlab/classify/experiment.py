@@ -295,7 +295,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, index: DatasetInde
         attempts = [a for a in attempts if a.name in only]
     classes, folds, source = load_folds(cfg.data, index)
     data_desc = {"source": source, "classes": classes,
-                 "counts": {f.name or "split": {s: len(getattr(f, s)) for s in ("train", "val", "test")} for f in folds}}
+                 "counts": {f.name or "split": {s: len(getattr(f, s)) for s in ("train", "val", "test")}
+                            for f in folds}}
     write_yaml(out / "experiment.yaml", {"name": cfg.name, "data": to_dict(cfg.data), "resolved_data": data_desc,
                                          "attempts": [to_dict(a) for a in attempts]})
     cache = _Cache([r for f in folds for s in (f.train, f.val, f.test) for r in s], classes)

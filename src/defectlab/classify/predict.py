@@ -3,8 +3,8 @@
 ``Predictor(checkpoint).predict(paths)`` classifies whole files (a region-guided attempt crops each file
 around its centre unless ``boxes`` are given); ``predict_regions(image, boxes)`` classifies regions of one
 image (an anomaly map's regions, a mask's components) with exactly the crops the attempt was trained on
-(``defectlab.classify.regions``). The attempt defaults to the one with the highest test balanced accuracy in ``RUN/comparison.json``;
-in k-fold mode the fold with the lowest best validation loss provides the checkpoint.
+(``defectlab.classify.regions``). The attempt defaults to the one with the highest test balanced accuracy
+in ``RUN/comparison.json``; in k-fold mode the fold with the lowest best validation loss provides the checkpoint.
 """
 
 from __future__ import annotations

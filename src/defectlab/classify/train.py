@@ -317,7 +317,8 @@ class Trainer:
                          "scaler": scaler.state_dict(), "config": config, "class_counts": counts, "state": state},
                         last)
             write_epochs_csv(out / "epochs.csv", state["history"])
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}")
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}",
+                            val_acc=f"{row['val_acc']:.3f}")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch + 1, row)
         bar.close()

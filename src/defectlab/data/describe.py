@@ -133,7 +133,7 @@ def describe_index(index: DatasetIndex, *, lenient: bool = False, verify: bool =
     widths = [infos[r.path].width for r in records]
     heights = [infos[r.path].height for r in records]
     sizes = Counter((infos[r.path].width, infos[r.path].height) for r in records)
-    aspects = [w / h for w, h in zip(widths, heights)]
+    aspects = [w / h for w, h in zip(widths, heights, strict=True)]
     no_mask = Counter(r.defect_type for r in records if r.defect_type != GOOD and r.mask_path is None)
 
     report: dict[str, Any] = {
@@ -152,7 +152,7 @@ def describe_index(index: DatasetIndex, *, lenient: bool = False, verify: bool =
             "width": _stats(widths), "height": _stats(heights), "distinct_sizes": len(sizes),
             "most_common": [{"width": w, "height": h, "count": n} for (w, h), n in sizes.most_common(5)],
             "aspect_ratio": {**_stats(aspects),
-                             "square_images": sum(1 for w, h in zip(widths, heights) if w == h)},
+                             "square_images": sum(1 for w, h in zip(widths, heights, strict=True) if w == h)},
         },
         "modes": dict(Counter(infos[r.path].mode for r in records).most_common()),
         "channels": {str(k): v for k, v in sorted(Counter(infos[r.path].channels for r in records).items())},

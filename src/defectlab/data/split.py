@@ -9,7 +9,8 @@ train/good. From that pool :func:`make_split` builds
 with an optional *group rule* (``defectlab.data.groups``: several shots of one part are one group) that
 keeps every group on one side: no group in two of train/val/test or in two folds, still stratified per
 class (a group counts for its most common class); optionally after per-class ratio subsampling
-(``good:2,defect:1`` keeps good:each-defect = 2:1) and with an optional long-tail profile on the train split (n_i = n_max * (1/IF)^(i/(C-1))).
+(``good:2,defect:1`` keeps good:each-defect = 2:1) and with an optional long-tail profile on the train split
+(n_i = n_max * (1/IF)^(i/(C-1))).
 
 Manifest CSV columns: ``path,mask_path,defect_type,split,fold,group`` (absolute paths; split in
 train/val/test; fold empty unless k-fold; group empty without a group rule). A sidecar

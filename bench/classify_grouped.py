@@ -62,12 +62,23 @@ def main() -> None:
     ap.add_argument("--attempt", action="append", help="run only these attempts (repeatable)")
     ap.add_argument("--series-epochs", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="only print the Markdown table of the results JSON")
+    ap.add_argument("--collect", action="store_true",
+                    help="write the results JSON from the attempts finished in the run folder (no training)")
     args = ap.parse_args()
+    if args.table:
+        import json
+
+        print(markdown(json.loads((BENCH / "results" / f"classify_grouped_{args.part}.json").read_text())["rows"]))
+        return
     torch.set_num_threads(args.threads)
     cfg = experiment(args.part, args.series_epochs)
     run = BENCH / "results" / "tmp" / f"classify_grouped_{args.part}"
     t0, load0 = time.time(), os.getloadavg()
-    rows = run_experiment(cfg, run, only=args.attempt, progress=False)
+    if args.collect:
+        rows = collect(run, [a.name for a in cfg.attempts])
+    else:
+        rows = run_experiment(cfg, run, only=args.attempt, progress=False)
     path = BENCH / "results" / f"classify_grouped_{args.part}.json"
     old = {r["attempt"]: r for r in (__import__("json").loads(path.read_text())["rows"] if path.is_file() else [])}
     old.update({r["attempt"]: {k: r.get(k) for k in KEEP} for r in rows})
@@ -85,6 +96,30 @@ def main() -> None:
         flag = " COLLAPSED" if r["collapsed"] else ""
         print(f"{r['attempt']:24s} bal {r['balanced_acc']:.3f} ± {r['balanced_acc_std']:.3f}  "
               f"F1 {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f}  {r['train_seconds']:.0f} s{flag}")
+
+
+def collect(run: Path, names: list[str]) -> list[dict]:
+    """Rows of the attempts whose five folds have finished in ``run`` (aggregated as the experiment does)."""
+    import json
+
+    from defectlab.classify.report import aggregate
+
+    rows = []
+    for name in names:
+        folds = sorted((run / name).glob("fold*/result.json"))
+        if len(folds) == 5:
+            rows.append(aggregate([json.loads(f.read_text()) for f in folds]))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| attempt | what it changed | balanced accuracy | macro-F1 | collapse | train s (5 folds) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = f"**COLLAPSED** {r['collapsed_folds']}/{r['folds']}" if r["collapsed"] else "-"
+        lines.append(f"| {r['attempt']} | {r['changed']} | {r['balanced_acc']:.3f} ± {r['balanced_acc_std']:.3f} | "
+                     f"{r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {flag} | {5 * r['train_seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

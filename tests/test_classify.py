@@ -248,3 +248,33 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Capture
     assert main(["classify", "run", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "manifest not found" in err and len(err.splitlines()) == 1
+
+
+# -------------------------------------------------------------------------------------------- collapse
+def test_collapse_check_flags_one_class_predictions_not_a_skewed_truth() -> None:
+    from defectlab.classify.report import collapse_check
+
+    classes = ["good", "hole", "scratch"]
+    truth = ["good"] * 4 + ["hole"] * 3 + ["scratch"] * 3
+    flat = collapse_check(truth, ["good"] * 10, classes, 1 / 3)
+    assert flat["collapsed"] and flat["pred_share"] == 1.0 and "'good' for 100%" in flat["collapse_reason"]
+    fine = collapse_check(truth, truth, classes, 1.0)
+    assert not fine["collapsed"] and fine["collapse_reason"] == ""
+    skewed = ["good"] * 19 + ["hole"]  # the truth is 95% good: predicting it 95% of the time is no collapse
+    assert not collapse_check(skewed, skewed, ["good", "hole"], 1.0)["collapsed"]
+    assert collapse_check(truth, ["hole", "good", "scratch"] * 3 + ["good"], classes, 0.3)["collapsed"]  # chance
+
+
+def test_collapsed_attempt_is_flagged_in_table_json_and_log(tiny: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # a learning rate of 1e4 blows the weights up: every image ends on one class (or NaN logits -> class 0)
+    exp = load_experiment(_experiment(tmp_path, tiny, [{"name": "ok"}, {"name": "diverged", "train": {
+        "lr": 1e4, "optimizer": "sgd", "momentum": 0.0}}], epochs=2, folds=3, test=0.0))
+    with caplog.at_level("WARNING"):
+        rows = run_experiment(exp, tmp_path / "run", progress=False)
+    bad = rows[1]
+    assert bad["collapsed"] and bad["collapsed_folds"] >= 1 and bad["collapse_reason"]
+    assert any("diverged COLLAPSED" in m for m in caplog.messages)
+    md = (tmp_path / "run" / "comparison.md").read_text()
+    assert "**COLLAPSED**" in md and "diverged collapsed" in md
+    assert json.loads((tmp_path / "run" / "comparison.json").read_text())[1]["collapsed"] is True

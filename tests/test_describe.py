@@ -182,3 +182,25 @@ def test_magnetic_tile_exact_counts(tmp_path: Path) -> None:
     assert sum(c["masks"] for c in rep["mask_coverage"].values()) == 392
     assert rep["imbalance"]["all_classes"]["smallest"] == {"class": "fray", "count": 32}
     assert rep["imbalance"]["all_classes"]["ratio"] == pytest.approx(952 / 32, abs=1e-3)
+
+
+def test_report_shows_groups_and_warns_when_a_split_leaks_them(synthetic_object: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from defectlab.data.split import SplitConfig, make_split, write_manifest
+
+    rule = r"regex:^(\d\d)"  # images 000-009 of every class are part 00, 010-019 part 01, ...
+    index = open_dataset(synthetic_object)
+    grouped = tmp_path / "grouped.csv"
+    write_manifest(make_split(index, SplitConfig(folds=2, test=0.0, groups=rule)), grouped, SplitConfig())
+    plain = tmp_path / "plain.csv"
+    write_manifest(make_split(index, SplitConfig(folds=2, test=0.0)), plain, SplitConfig())
+    with caplog.at_level("WARNING"):
+        rep, _ = describe_path(grouped)
+    assert rep["groups"]["rule"] == "manifest group column" and rep["groups"]["leaked_groups"] == 0
+    assert rep["groups"]["groups"] == len({r.path.name[:2] for r in index.records})  # keys span classes
+    assert not any("two sides" in m for m in caplog.messages)
+    rep, _ = describe_path(plain, groups=rule)
+    assert rep["groups"]["leaked_groups"] > 0 and any("two sides" in m for m in caplog.messages)
+    assert cli_main(["data", "describe", str(plain), "--groups", rule, "--out", str(tmp_path / "r")]) == 0
+    assert "WARNING: split leaks groups" in (tmp_path / "r" / "report.md").read_text()
+    assert cli_main(["data", "describe", str(plain), "--groups", "regex:("]) == 2

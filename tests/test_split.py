@@ -147,7 +147,7 @@ def test_manifest_round_trip(synthetic_object: Path, tmp_path: Path) -> None:
     sidecar = write_manifest(rows, out, cfg, root=index.root)
     with out.open() as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["path", "mask_path", "defect_type", "split", "fold"]
+    assert list(table[0]) == ["path", "mask_path", "defect_type", "split", "fold", "group"]
     assert all(Path(r["path"]).is_absolute() for r in table)
     assert {r["fold"] for r in table if r["split"] == "test"} == {""}
     meta = json.loads(sidecar.read_text())
@@ -215,3 +215,91 @@ def test_magnetic_tile_split_counts() -> None:
     rows = make_split(index, SplitConfig(seed=0))
     assert _by(rows) == {"good": 952, "blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
     assert _by(rows, "test")["fray"] == 5 and _by(rows, "val")["fray"] == 5
+
+
+# --------------------------------------------------------------------------------------------- groups
+def _grouped_index(seed: int = 0) -> tuple[DatasetIndex, dict[str, str]]:
+    """Parts shot 1-5 times each (``part<g>_shot<j>.png``); 'rare' has only 6 parts."""
+    import random
+
+    rnd = random.Random(seed)
+    recs, group_of = [], {}
+    parts = {"good": 30, "dent": 15, "scratch": 10, "rare": 6}
+    g = 0
+    for cls, n_parts in parts.items():
+        for _ in range(n_parts):
+            for j in range(rnd.randint(1, 5)):
+                path = Path(f"/data/{cls}/part{g:03d}_shot{j}.png")
+                recs.append(SampleRecord(path, "all", cls))
+                group_of[str(path)] = f"part{g:03d}"
+            g += 1
+    return DatasetIndex(Path("/data"), "parts", "folder", recs), group_of
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_folds_keep_groups_whole_and_stay_stratified(seed: int) -> None:
+    index, group_of = _grouped_index(seed)
+    rows = make_split(index, SplitConfig(folds=5, test=0.0, seed=seed, groups=r"regex:(part\d+)_shot"))
+    assert sorted(str(r.path) for r in rows) == sorted(group_of)  # every image once
+    folds_of_group: dict[str, set[int]] = {}
+    for r in rows:
+        assert r.group == group_of[str(r.path)]
+        folds_of_group.setdefault(r.group, set()).add(r.fold)  # type: ignore[arg-type]
+    assert all(len(f) == 1 for f in folds_of_group.values())  # no group in two folds
+    from defectlab.data.split import group_leaks
+
+    assert group_leaks(rows) == {}
+    biggest = 5  # a part has at most 5 shots: fold sizes of a class differ by at most one part
+    for cls in ("good", "dent", "scratch", "rare"):
+        per_fold = Counter(r.fold for r in rows if r.defect_type == cls)
+        assert len(per_fold) == 5, cls  # every class in every fold
+        assert max(per_fold.values()) - min(per_fold.values()) <= biggest, (cls, per_fold)
+    # an ungrouped split of the same images does put shots of one part in two folds
+    plain = make_split(index, SplitConfig(folds=5, test=0.0, seed=seed))
+    sides: dict[str, set[int]] = {}
+    for r in plain:
+        sides.setdefault(group_of[str(r.path)], set()).add(r.fold)  # type: ignore[arg-type]
+    assert any(len(s) > 1 for s in sides.values())
+
+
+def test_grouped_holdout_keeps_groups_on_one_side(tmp_path: Path) -> None:
+    index, group_of = _grouped_index()
+    table = tmp_path / "groups.csv"
+    table.write_text("path,class,part\n" + "".join(f"{Path(p).parent.name}/{Path(p).name},x,{g}\n"
+                                                    for p, g in group_of.items()))
+    rows = make_split(index, SplitConfig(val=0.2, test=0.2, groups=f"csv:{table}"))
+    side = {}
+    for r in rows:
+        assert side.setdefault(r.group, r.split) == r.split
+    for cls, n in Counter(r.defect_type for r in rows).items():
+        assert 0.05 * n <= _by(rows, "test")[cls] <= 0.45 * n, cls  # about 20%, whole parts
+    out = tmp_path / "m.csv"
+    write_manifest(rows, out, SplitConfig(groups=f"csv:{table}"))
+    from defectlab.data.split import manifest_groups
+
+    assert manifest_groups(out) == {str(Path(p).resolve()): g for p, g in group_of.items()}
+    assert read_manifest(out, check_files=False).records[0].split in ("train", "val", "test")
+
+
+@pytest.mark.parametrize("rule, error, message", [
+    ("regex:(part", ConfigError, "is not a regular expression"),
+    ("regex:nomatch", BadInputError, "does not match the group rule"),
+    ("csv:/no/such/table.csv", BadInputError, "group table not found"),
+    (r"regex:(part\d+)_shot0", BadInputError, "does not match"),
+])
+def test_bad_group_rules_get_one_line_errors(rule: str, error: type, message: str) -> None:
+    index, _ = _grouped_index()
+    with pytest.raises(error, match=message) as exc:
+        make_split(index, SplitConfig(folds=5, test=0.0, groups=rule))
+    assert "\n" not in str(exc.value)
+
+
+def test_too_few_groups_for_the_folds_is_one_line(synthetic_object: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    index, _ = _grouped_index()
+    with pytest.raises(ConfigError, match="class 'rare' has 6 group"):
+        make_split(index, SplitConfig(folds=7, test=0.0, groups=r"regex:(part\d+)"))
+    out = str(tmp_path / "x.csv")
+    assert cli_main(["data", "split", str(synthetic_object), "--out", out, "--groups", "regex:("]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a regular expression" in err[0]

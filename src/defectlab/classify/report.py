@@ -15,6 +15,12 @@ Definitions used in the comparison table:
 * **infer ms/img**: mean wall time of a forward pass on one image (batch of 1, after a warm-up), on
   the training device, over up to 32 test images.
 
+* **collapse**: an attempt whose test predictions are (nearly) one class: the most predicted class takes
+  at least ``COLLAPSE_SHARE`` (90%) of the predictions while it is less than 80% of the true labels, or the
+  balanced accuracy is within 10% of chance (1 / classes). Flagged per fold (``collapsed``,
+  ``pred_share``, ``collapse_reason`` in ``result.json``), and per attempt as ``k/K folds`` in the table,
+  ``collapsed_folds`` in the JSON and a warning in the log: a collapsed attempt never passes silently.
+
 In k-fold mode every number is the mean over folds and ``<name>_std`` its (population) standard
 deviation; the Markdown table prints ``mean ± std``.
 """
@@ -39,11 +45,13 @@ import torch  # noqa: E402
 from defectlab.config import atomic_path, atomic_write_text, write_json  # noqa: E402
 
 NUMERIC = ("epochs_run", "convergence_epoch", "best_val_loss", "best_val_acc", "test_acc", "balanced_acc",
-           "macro_f1", "train_seconds", "params", "infer_ms")
+           "macro_f1", "pred_share", "train_seconds", "params", "infer_ms")
+COLLAPSE_SHARE = 0.9
 TABLE = (("attempt", "attempt"), ("changed", "what it changed"), ("model", "model"), ("weights", "weights"),
          ("epochs_run", "epochs run"), ("convergence_epoch", "conv. epoch"), ("best_val_loss", "best val loss"),
          ("best_val_acc", "best val acc"), ("test_acc", "test acc"), ("balanced_acc", "balanced acc"),
          ("macro_f1", "macro-F1"), ("per_class_recall", "per-class recall"), ("never_predicted", "never predicted"),
+         ("collapse", "collapse"),
          ("train_seconds", "train s"), ("params", "params"), ("infer_ms", "infer ms/img"))
 
 
@@ -73,6 +81,24 @@ def inference_ms(model: torch.nn.Module, x: torch.Tensor, *, max_images: int = 3
     return (time.perf_counter() - t0) * 1000.0 / n
 
 
+def collapse_check(y_true: list[str], y_pred: list[str], classes: list[str],
+                   balanced_acc: float) -> dict[str, Any]:
+    """``{"collapsed", "pred_share", "collapse_reason"}`` of one fold's test predictions (module docstring)."""
+    from collections import Counter
+
+    pred = Counter(y_pred)
+    top, n_top = max(pred.items(), key=lambda kv: (kv[1], kv[0])) if pred else ("", 0)
+    share = n_top / max(1, len(y_pred))
+    true_share = Counter(y_true)[top] / max(1, len(y_true))
+    chance = 1.0 / max(1, len(classes))
+    reason = ""
+    if share >= COLLAPSE_SHARE and true_share < 0.8:
+        reason = f"predicts '{top}' for {share:.0%} of the test images ({true_share:.0%} are)"
+    elif balanced_acc <= 1.1 * chance:
+        reason = f"balanced accuracy {balanced_acc:.2f} at chance ({chance:.2f})"
+    return {"collapsed": bool(reason), "pred_share": share, "collapse_reason": reason}
+
+
 def aggregate(folds: list[dict[str, Any]]) -> dict[str, Any]:
     """One row from per-fold rows: numbers become mean (plus ``_std``); per-class recall is averaged."""
     row = dict(folds[0])
@@ -83,6 +109,9 @@ def aggregate(folds: list[dict[str, Any]]) -> dict[str, Any]:
     row["per_class_recall"] = {c: float(np.mean([f["per_class_recall"][c] for f in folds])) for c in classes}
     row["never_predicted"] = sorted({c for f in folds for c in f["never_predicted"]})
     row["folds"] = len(folds)
+    row["collapsed_folds"] = sum(bool(f.get("collapsed")) for f in folds)
+    row["collapsed"] = row["collapsed_folds"] > 0
+    row["collapse_reason"] = "; ".join(f"{f['fold']}: {f['collapse_reason']}" for f in folds if f.get("collapsed"))
     return row
 
 
@@ -92,6 +121,10 @@ def _fmt(row: dict[str, Any], key: str) -> str:
         return ", ".join(f"{c} {v:.2f}" for c, v in value.items())
     if key == "never_predicted":
         return ", ".join(value) or "-"
+    if key == "collapse":
+        if not row.get("collapsed"):
+            return "-"
+        return f"**COLLAPSED** {row['collapsed_folds']}/{row['folds']} folds" if "folds" in row else "**COLLAPSED**"
     if isinstance(value, float) and math.isnan(value):
         return "-"
     if key in NUMERIC:
@@ -113,16 +146,17 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
     if rows:
         best = max(rows, key=lambda r: (r["balanced_acc"], r["macro_f1"]))
         lines += ["", f"Highest test balanced accuracy: **{best['attempt']}**."]
+        lines += [f"**{r['attempt']} collapsed**: {r['collapse_reason']}." for r in rows if r.get("collapsed")]
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     classes = list(rows[0]["per_class_recall"]) if rows else []
-    scalar = [k for k, _ in TABLE if k not in ("per_class_recall", "never_predicted")]
+    scalar = [k for k, _ in TABLE if k not in ("per_class_recall", "never_predicted", "collapse")]
     stds = [k + "_std" for k in NUMERIC if rows and k + "_std" in rows[0]]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(scalar + stds + [f"recall_{c}" for c in classes] + ["never_predicted"])
+    w.writerow(scalar + stds + [f"recall_{c}" for c in classes] + ["never_predicted", "collapsed"])
     for r in rows:
-        w.writerow([r[k] for k in scalar + stds] + [r["per_class_recall"][c] for c in classes]
-                   + [";".join(r["never_predicted"])])
+        w.writerow([r.get(k, "") for k in scalar + stds] + [r["per_class_recall"][c] for c in classes]
+                   + [";".join(r["never_predicted"]), r.get("collapse_reason", "")])
     atomic_write_text(out / "comparison.csv", buf.getvalue())
 
 

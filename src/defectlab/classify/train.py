@@ -83,6 +83,11 @@ class TrainConfig:
     loss_params: dict[str, Any] = field(default_factory=dict)
     sampler: str = "instance"  # a defectlab.imbalance SAMPLERS name
     sampler_params: dict[str, Any] = field(default_factory=dict)
+    input: str = "whole"  # whole | region: a crop around the defect (mask; see defectlab.classify.regions)
+    region_margin: float = 0.25  # region crops: margin around the region box, per side, x its longer side
+    region_min_side: int = 48  # region crops: smallest crop side in image pixels
+    probe: str = "none"  # none | linear | prototype: fit only a head on frozen, cached features (no epochs)
+    tta: str = "none"  # none | flips: average the softmax over horizontal/vertical flips at evaluation
 
 
 # ------------------------------------------------------------------------------- optimizers, schedules
@@ -102,6 +107,11 @@ SCHEDULERS.register("cosine")(lambda e, n, c: 0.5 * (1.0 + math.cos(math.pi * e 
 SCHEDULERS.register("step")(lambda e, n, c: c.gamma ** (e // max(1, c.step_size)))
 
 
+INPUTS = ("whole", "region")
+PROBES = ("none", "linear", "prototype")
+TTAS = ("none", "flips")
+
+
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
     """Learning rate of 0-based ``epoch``: linear warm-up, then the named schedule."""
     if epoch < cfg.warmup_epochs:
@@ -117,6 +127,11 @@ def check_config(cfg: TrainConfig) -> None:
     SCHEDULERS.get(cfg.scheduler)
     augment_ops(cfg.augment)
     resize_ops(cfg.image_size, cfg.resize)
+    for name, allowed in (("input", INPUTS), ("probe", PROBES), ("tta", TTAS)):
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"train.{name} must be one of {', '.join(allowed)}, got '{getattr(cfg, name)}'")
+    if cfg.region_margin < 0 or cfg.region_min_side < 1:
+        raise ConfigError("train: need region_margin >= 0 and region_min_side >= 1")
     if cfg.monitor not in ("val_loss", "val_acc"):
         raise ConfigError(f"train.monitor must be val_loss or val_acc, got '{cfg.monitor}'")
     for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
@@ -180,14 +195,28 @@ class Setup:
     classifier: Classifier
     method: Any
     augment: BatchAugment
+    tta: str = "none"
 
 
 def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, classes: list[str], class_counts: list[int]) -> Setup:
     seed_everything(cfg.seed)
     classifier = build_classifier(model_cfg, num_classes=len(classes), image_size=cfg.image_size)
     method = build_method(cfg)
+    if cfg.probe == "prototype":  # cosine similarity to class means: L2-normalised features, a bias-free linear
+        classifier.head = nn.Sequential(L2Normalize(), nn.Linear(classifier.num_features, len(classes), bias=False))
     model = method.wrap_model(classifier, len(classes), class_counts)
-    return Setup(model, classifier, method, BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std))
+    return Setup(model, classifier, method, BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std),
+                 cfg.tta)
+
+
+class L2Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1)
+
+
+def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views a batch is evaluated on: itself, and with ``flips`` its horizontal and vertical mirrors."""
+    return [x] if tta == "none" else [x, x.flip(-1), x.flip(-2)]
 
 
 @torch.inference_mode()
@@ -198,7 +227,10 @@ def predict_logits(setup: Setup, images: torch.Tensor, *, batch_size: int, devic
     for i in range(0, len(images), batch_size):
         x = setup.augment(images[i:i + batch_size].to(device), train=False)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out.append(setup.method.predict_logits(setup.model(x)).float().cpu())
+            views = [setup.method.predict_logits(setup.model(v)).float() for v in tta_views(x, setup.tta)]
+        # several views: the log of the mean softmax (argmax = the class of the highest mean probability)
+        logits = views[0] if len(views) == 1 else torch.stack([v.softmax(1) for v in views]).mean(0).log()
+        out.append(logits.cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -285,7 +317,8 @@ class Trainer:
                          "scaler": scaler.state_dict(), "config": config, "class_counts": counts, "state": state},
                         last)
             write_epochs_csv(out / "epochs.csv", state["history"])
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}")
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}",
+                            val_acc=f"{row['val_acc']:.3f}")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch + 1, row)
         bar.close()

@@ -43,13 +43,15 @@ def describe(
     lenient: bool = typer.Option(False, help="Warn about and skip unusable files instead of stopping."),
     verify: bool = typer.Option(False, help="Decode every image fully (finds truncated files; slower)."),
     mask_dir: Path = typer.Option(None, help="Folder layout: parallel folder of masks <mask_dir>/<defect>/."),
+    groups: str = typer.Option("", help="Group rule (regex:PATTERN, csv:FILE, auto): report the groups and warn "
+                               "when the split leaks them (a manifest's own group column is used without one)."),
 ) -> None:
     """The dataset report: classes, images per split and class, sizes, modes, mask coverage, imbalance."""
     from rich.console import Console
 
     from defectlab.data.describe import describe_path, rich_tables, write_report
 
-    report, indexes = describe_path(path, lenient=lenient, verify=verify, mask_dir=mask_dir)
+    report, indexes = describe_path(path, lenient=lenient, verify=verify, mask_dir=mask_dir, groups=groups)
     console = Console()
     for table in rich_tables(report):
         console.print(table)
@@ -72,6 +74,9 @@ def split(
     long_tail: float = typer.Option(None, help="Imbalance factor of an exponential long-tail train profile."),
     seed: int = typer.Option(0, help="Seed of the shuffles (same seed, same manifest)."),
     lenient: bool = typer.Option(False, help="Skip defect images without masks instead of stopping."),
+    groups: str = typer.Option("", help="Group rule: keep each group (shots of one part) on one side: "
+                               "'regex:PATTERN' (part named in the file name), 'csv:FILE' (path,group "
+                               "table), 'auto' (near-duplicates)."),
 ) -> None:
     """Supervised train/val/test (or k-fold) splits for defect-type classification, as a CSV manifest."""
     from rich.console import Console
@@ -90,7 +95,7 @@ def split(
     cfg = SplitConfig(val=val, test=test, folds=folds, use_train_good=use_train_good,
                       ratio=parse_ratio(ratio),
                       classes=tuple(c.strip() for c in (classes or "").split(",") if c.strip()),
-                      long_tail=long_tail, seed=seed)
+                      long_tail=long_tail, seed=seed, groups=groups)
     index = read_manifest(path) if path.suffix.lower() == ".csv" else open_dataset(path, lenient=lenient)
     rows = make_split(index, cfg)
     write_manifest(rows, out, cfg, root=index.root)
@@ -103,4 +108,8 @@ def split(
     table.add_column("total", justify="right")
     for s, per in counts.items():
         table.add_row(s, *(str(per.get(c, 0)) for c in names), str(sum(per.values())))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if groups:
+        console.print(f"{len({r.group for r in rows})} groups under '{groups}'; no group is in two "
+                      f"{'folds' if folds else 'splits'}")

@@ -56,8 +56,44 @@ def _imbalance(counts: dict[str, int]) -> dict[str, Any] | None:
             "smallest": {"class": small, "count": counts[small]}}
 
 
-def describe_index(index: DatasetIndex, *, lenient: bool = False, verify: bool = False) -> dict[str, Any]:
-    """The report of one dataset (MVTec category, folder layout or manifest)."""
+def group_report(records: list[Any], rule: str, *, group_of: dict[str, str] | None = None,
+                 fold_of: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """Groups (shots of one part) of the records under ``rule`` (or a manifest's ``group_of``) and the
+    groups a split leaks: on two sides of train/val/test, or in two folds. None without groups."""
+    from defectlab.data.groups import group_keys
+
+    if (rule or "").strip() not in ("", "none"):
+        keys = group_keys([str(r.path) for r in records], rule)
+    elif group_of:
+        keys = [group_of.get(str(r.path), "") for r in records]
+        rule = "manifest group column"
+    else:
+        return None
+    fold_of = fold_of or {}
+    sizes: Counter[str] = Counter(keys)
+    per_class: dict[str, set[str]] = {}
+    sides: dict[str, set[str]] = {}
+    for r, k in zip(records, keys, strict=True):
+        if not k:
+            continue
+        per_class.setdefault(r.defect_type, set()).add(k)
+        fold = fold_of.get(str(r.path))
+        sides.setdefault(k, set()).add(r.split if fold is None else f"fold{fold}")
+    leaks = {k: sorted(v) for k, v in sorted(sides.items()) if len(v) > 1}
+    out = {"rule": rule, "groups": len(sides), "per_class": {c: len(v) for c, v in sorted(per_class.items())},
+           "images_per_group": _stats([float(n) for k, n in sizes.items() if k]),
+           "leaked_groups": len(leaks), "leak_examples": [{"group": k, "sides": v} for k, v in list(leaks.items())[:5]]}
+    if leaks:
+        k, v = next(iter(leaks.items()))
+        log.warning("%d group(s) are on two sides of the split (e.g. %s in %s): scores on it measure partly "
+                    "whether the model has seen that part", len(leaks), k, " and ".join(v))
+    return out
+
+
+def describe_index(index: DatasetIndex, *, lenient: bool = False, verify: bool = False, groups: str = "",
+                   group_of: dict[str, str] | None = None, fold_of: dict[str, int] | None = None) -> dict[str, Any]:
+    """The report of one dataset (MVTec category, folder layout or manifest); ``groups`` a group rule
+    (or ``group_of`` a manifest's groups, ``fold_of`` its folds) adds the groups and their leaks."""
     t0 = time.perf_counter()
     skipped = list(index.skipped)
     infos = {}
@@ -97,7 +133,7 @@ def describe_index(index: DatasetIndex, *, lenient: bool = False, verify: bool =
     widths = [infos[r.path].width for r in records]
     heights = [infos[r.path].height for r in records]
     sizes = Counter((infos[r.path].width, infos[r.path].height) for r in records)
-    aspects = [w / h for w, h in zip(widths, heights)]
+    aspects = [w / h for w, h in zip(widths, heights, strict=True)]
     no_mask = Counter(r.defect_type for r in records if r.defect_type != GOOD and r.mask_path is None)
 
     report: dict[str, Any] = {
@@ -116,7 +152,7 @@ def describe_index(index: DatasetIndex, *, lenient: bool = False, verify: bool =
             "width": _stats(widths), "height": _stats(heights), "distinct_sizes": len(sizes),
             "most_common": [{"width": w, "height": h, "count": n} for (w, h), n in sizes.most_common(5)],
             "aspect_ratio": {**_stats(aspects),
-                             "square_images": sum(1 for w, h in zip(widths, heights) if w == h)},
+                             "square_images": sum(1 for w, h in zip(widths, heights, strict=True) if w == h)},
         },
         "modes": dict(Counter(infos[r.path].mode for r in records).most_common()),
         "channels": {str(k): v for k, v in sorted(Counter(infos[r.path].channels for r in records).items())},
@@ -129,6 +165,7 @@ def describe_index(index: DatasetIndex, *, lenient: bool = False, verify: bool =
                                  "defect": sum(no_mask.values()),
                                  "defect_by_class": dict(sorted(no_mask.items()))},
         "skipped": [{"path": str(p), "problem": why} for p, why in skipped],
+        "groups": group_report(records, groups, group_of=group_of, fold_of=fold_of),
         "seconds": _num(time.perf_counter() - t0),
     }
     return report
@@ -151,11 +188,18 @@ def open_datasets(path: str | Path, *, lenient: bool = False,
 
 
 def describe_path(path: str | Path, *, lenient: bool = False, verify: bool = False,
-                  mask_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, DatasetIndex]]:
+                  mask_dir: str | Path | None = None,
+                  groups: str = "") -> tuple[dict[str, Any], dict[str, DatasetIndex]]:
     """(report, indexes): one dataset's report, or for a root of several MVTec categories one report per
-    category plus a summary."""
+    category plus a summary. ``groups``: a group rule (a manifest's own group column is used without one)."""
     is_root, indexes = open_datasets(path, lenient=lenient, mask_dir=mask_dir)
-    reports = {name: describe_index(idx, lenient=lenient, verify=verify) for name, idx in indexes.items()}
+    extra: dict[str, Any] = {}
+    if Path(path).is_file() and Path(path).suffix.lower() == ".csv":
+        from defectlab.data.split import manifest_folds, manifest_groups
+
+        extra = {"group_of": manifest_groups(path), "fold_of": manifest_folds(path)}
+    reports = {name: describe_index(idx, lenient=lenient, verify=verify, groups=groups, **extra)
+               for name, idx in indexes.items()}
     if not is_root:
         return next(iter(reports.values())), indexes
     return {"schema_version": SCHEMA_VERSION, "kind": "root", "root": str(Path(path).resolve()),
@@ -209,7 +253,20 @@ def _size_lines(rep: dict[str, Any]) -> list[tuple[str, str]]:
         ("imbalance (defect classes)", _fmt_imbalance(imb["defect_classes"])),
         ("images without masks", f"good {nm['good']} (all-zero masks), defect {nm['defect']}"),
         ("skipped", str(len(rep["skipped"]))),
+        *_group_lines(rep.get("groups")),
     ]
+
+
+def _group_lines(g: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not g:
+        return []
+    per = ", ".join(f"{c} {n}" for c, n in g["per_class"].items())
+    lines = [("groups", f"{g['groups']} ({g['rule']}): {per}; images per group {_rng(g['images_per_group'])}")]
+    if g["leaked_groups"]:
+        ex = g["leak_examples"][0]
+        lines.append(("WARNING: split leaks groups", f"{g['leaked_groups']} group(s) on two sides "
+                      f"(e.g. {ex['group']}: {' and '.join(ex['sides'])})"))
+    return lines
 
 
 def _class_rows(rep: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -6,12 +6,15 @@ train/good. From that pool :func:`make_split` builds
 * a stratified train/val/test split (per class, deterministic per seed), or
 * k folds (every non-test image gets a fold 0..K-1) plus an optional held-out test set,
 
-optionally after per-class ratio subsampling (``good:2,defect:1`` keeps good:each-defect = 2:1) and
-with an optional long-tail profile on the train split (n_i = n_max * (1/IF)^(i/(C-1))).
+with an optional *group rule* (``defectlab.data.groups``: several shots of one part are one group) that
+keeps every group on one side: no group in two of train/val/test or in two folds, still stratified per
+class (a group counts for its most common class); optionally after per-class ratio subsampling
+(``good:2,defect:1`` keeps good:each-defect = 2:1) and with an optional long-tail profile on the train split
+(n_i = n_max * (1/IF)^(i/(C-1))).
 
-Manifest CSV columns: ``path,mask_path,defect_type,split,fold`` (absolute paths; split in
-train/val/test; fold empty unless k-fold). A sidecar ``<manifest>.json`` holds the options, the dataset
-root and the counts per split and class.
+Manifest CSV columns: ``path,mask_path,defect_type,split,fold,group`` (absolute paths; split in
+train/val/test; fold empty unless k-fold; group empty without a group rule). A sidecar
+``<manifest>.json`` holds the options, the dataset root and the counts per split and class.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from defectlab.config import atomic_write_text, to_dict, write_json
 from defectlab.data.index import GOOD, DatasetIndex, SampleRecord
 from defectlab.errors import BadInputError, ConfigError
 
-COLUMNS = ("path", "mask_path", "defect_type", "split", "fold")
+COLUMNS = ("path", "mask_path", "defect_type", "split", "fold", "group")
 SPLITS = ("train", "val", "test")
 DEFECT_ALIAS = "defect"  # in a ratio: every defect class not named explicitly
 
@@ -47,6 +50,7 @@ class SplitConfig:
     classes: tuple[str, ...] = ()  # keep only these classes (empty: all)
     long_tail: float | None = None  # imbalance factor of an exponential profile on the train split
     seed: int = 0
+    groups: str = ""  # a defectlab.data.groups rule ("regex:PATTERN", "csv:PATH", "auto"); "": no groups
 
     def __post_init__(self) -> None:
         if not (0 <= self.val < 1 and 0 <= self.test < 1):
@@ -69,6 +73,7 @@ class ManifestRow:
     defect_type: str
     split: str  # "train" | "val" | "test"
     fold: int | None = None
+    group: str = ""  # the image's group under the split's group rule ("": none)
 
     def record(self) -> SampleRecord:
         return SampleRecord(self.path, self.split, self.defect_type, self.mask_path)
@@ -161,6 +166,9 @@ def make_split(index: DatasetIndex, cfg: SplitConfig) -> list[ManifestRow]:
     if cfg.ratio:
         targets = ratio_targets({c: len(v) for c, v in pool.items()}, cfg.ratio)
         pool = {c: _shuffled(v, cfg.seed, "ratio:" + c)[: targets[c]] for c, v in pool.items()}
+    if (cfg.groups or "").strip() not in ("", "none"):
+        rows = _grouped_rows(pool, cfg)
+        return _apply_long_tail(rows, cfg.long_tail, cfg.seed) if cfg.long_tail is not None else rows
     rows: list[ManifestRow] = []
     fold_offset = 0
     for cls, recs in pool.items():
@@ -188,6 +196,71 @@ def make_split(index: DatasetIndex, cfg: SplitConfig) -> list[ManifestRow]:
     if cfg.long_tail is not None:
         rows = _apply_long_tail(rows, cfg.long_tail, cfg.seed)
     return rows
+
+
+def _grouped_rows(pool: dict[str, list[SampleRecord]], cfg: SplitConfig) -> list[ManifestRow]:
+    """Whole groups to test, val and folds, per class (a group's class is its most common one).
+
+    Per class, the groups are shuffled (seed), test and val take, in that order, each group that brings
+    them nearer their fraction of the class's images, and the remaining groups go, largest first, to the fold with
+    the fewest images of the class (then the fewest images overall): folds stay stratified and balanced.
+    """
+    from defectlab.data.groups import group_keys
+
+    records = [r for recs in pool.values() for r in recs]
+    keys = group_keys([str(r.path) for r in records], cfg.groups)
+    members: dict[str, list[SampleRecord]] = {}
+    for r, k in zip(records, keys, strict=True):
+        members.setdefault(k, []).append(r)
+    by_class: dict[str, list[str]] = {}
+    for k, recs in sorted(members.items()):
+        counts = Counter(r.defect_type for r in recs)
+        label = min(counts, key=lambda c: (-counts[c], c))
+        by_class.setdefault(label, []).append(k)
+    rows: list[ManifestRow] = []
+    fold_sizes = [Counter() for _ in range(cfg.folds)]  # per fold: {class: images}, "" = all classes
+    for cls in sorted(by_class):
+        order = _rng(cfg.seed, "groups:" + cls).permutation(len(by_class[cls]))
+        groups = [by_class[cls][i] for i in order]
+        n = sum(len(members[g]) for g in groups)
+        held: dict[str, list[str]] = {"test": [], "val": []}
+        for split, frac in (("test", cfg.test), ("val", 0.0 if cfg.folds else cfg.val)):
+            target, count = _n_held(n, frac), 0
+            for g in list(groups):  # in shuffled order, each group that brings the count nearer the target
+                size = len(members[g])
+                if count < target and (count + size - target <= target - count or not held[split]):
+                    held[split].append(g)
+                    groups.remove(g)
+                    count += size
+        need = cfg.folds or 1
+        if len(groups) < need:
+            parts = ", ".join(f"{len(held[s])} {s}" for s in ("test", "val") if held[s])
+            raise ConfigError(
+                f"class '{cls}' has {len(by_class[cls])} group(s) under the group rule: too few to split "
+                f"({parts or 'none held out'} and at least {need} for "
+                f"{'each of the ' + str(cfg.folds) + ' folds' if cfg.folds else 'train'}); "
+                "drop it with --classes or lower the fractions")
+        assign: dict[str, tuple[str, int | None]] = {g: (s, None) for s in held for g in held[s]}
+        for g in sorted(groups, key=lambda g: -len(members[g])):  # stable: shuffled order among equal sizes
+            if cfg.folds:
+                k = min(range(cfg.folds), key=lambda i: (fold_sizes[i][cls], fold_sizes[i][""], i))
+                fold_sizes[k][cls] += len(members[g])
+                fold_sizes[k][""] += len(members[g])
+                assign[g] = ("train", k)
+            else:
+                assign[g] = ("train", None)
+        for g, (split, fold) in assign.items():
+            rows += [ManifestRow(r.path, r.mask_path, r.defect_type, split, fold, g) for r in members[g]]
+    return sorted(rows, key=lambda r: (r.defect_type, SPLITS.index(r.split), str(r.path)))
+
+
+def group_leaks(rows: list[ManifestRow]) -> dict[str, list[str]]:
+    """{group: the splits (and folds) it appears in} for every group seen on more than one side."""
+    sides: dict[str, set[str]] = {}
+    for r in rows:
+        if r.group:
+            sides.setdefault(r.group, set()).add(r.split if r.fold is None else f"fold{r.fold}")
+    return {g: sorted(s) for g, s in sorted(sides.items()) if len(s) > 1}
 
 
 def _apply_long_tail(rows: list[ManifestRow], factor: float, seed: int) -> list[ManifestRow]:
@@ -222,7 +295,7 @@ def write_manifest(rows: list[ManifestRow], path: str | Path, cfg: SplitConfig, 
     writer.writerow(COLUMNS)
     for r in rows:
         writer.writerow([str(Path(r.path).resolve()), str(Path(r.mask_path).resolve()) if r.mask_path else "",
-                         r.defect_type, r.split, "" if r.fold is None else r.fold])
+                         r.defect_type, r.split, "" if r.fold is None else r.fold, r.group])
     atomic_write_text(path, buf.getvalue())
     sidecar = path.with_name(path.name + ".json")
     write_json(sidecar, {
@@ -232,6 +305,7 @@ def write_manifest(rows: list[ManifestRow], path: str | Path, cfg: SplitConfig, 
         "classes": sorted({r.defect_type for r in rows}, key=lambda c: (c != GOOD, c)),
         "counts": split_counts(rows),
         "total": len(rows),
+        **({"groups": len({r.group for r in rows})} if cfg.groups else {}),
     })
     return sidecar
 
@@ -306,6 +380,13 @@ def manifest_folds(path: str | Path) -> dict[str, int]:
         except ValueError:
             raise BadInputError(path, f"line {line}: fold '{value}' is not an integer") from None
     return out
+
+
+def manifest_groups(path: str | Path) -> dict[str, str]:
+    """{image path: group} of a manifest written with a group rule (empty when it has none)."""
+    path = Path(path)
+    return {str(_resolve(path, row["path"].strip())): row["group"].strip()
+            for _, row in _read_rows(path) if (row.get("group") or "").strip()}
 
 
 def fold_records(index: DatasetIndex, folds: dict[str, int],

@@ -60,7 +60,8 @@ from defectlab.data.index import GOOD, DatasetIndex, SampleRecord, open_dataset
 from defectlab.data.io import load_mask, read_info
 from defectlab.data.transforms import as_hw
 from defectlab.errors import BadInputError, ConfigError
-from defectlab.metrics import anomaly_metrics, threshold_from_good
+from defectlab.metrics import anomaly_metrics, auroc, threshold_from_good
+from defectlab.metrics.streaming import PixelHistogram
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +249,17 @@ class EvalResult:
 
 def evaluate(det: Detector, records: Sequence[SampleRecord], *, batch_size: int = 16,
              keep: set[int] | None = None) -> EvalResult:
-    """Score ``records``; metrics need both good and defective images (pixel ones need masks)."""
+    """Score ``records``; metrics need both good and defective images (pixel ones need masks).
+
+    Streams: each map is brought to its image's original size, binned into the pixel-metric histograms
+    (``defectlab.metrics.streaming``, one group per defect type) and dropped, unless it is one of ``keep``
+    (overlays); memory does not grow with the number of test images beyond one row per image."""
     keep = keep or set()
     rows: list[dict[str, Any]] = []
-    masks: list[np.ndarray] = []
-    maps: list[np.ndarray] = []
+    kept_maps: dict[int, np.ndarray] = {}
+    kept_masks: dict[int, np.ndarray] = {}
+    medians: list[float] = []  # per image: median map score outside the ground truth (background_auroc)
+    pixels = PixelHistogram()
     pred_s = 0.0
     cfg = RunConfig(batch_size=batch_size)
     with_masks = any(r.mask_path is not None for r in records if r.label == 1)
@@ -270,31 +277,36 @@ def evaluate(det: Detector, records: Sequence[SampleRecord], *, batch_size: int 
             full = map_to_original(out.maps[i], hw, det.preprocess.resize)
             mask = load_mask(rec.mask_path, size=(info.width, info.height)) if rec.mask_path else np.zeros(hw, bool)
             score = float(out.scores[i])
+            if len(rows) in keep:
+                kept_maps[len(rows)], kept_masks[len(rows)] = full, mask
             rows.append({"path": str(path), "defect_type": rec.defect_type, "label": rec.label, "score": score,
                          "predicted_defect": int(score > det.thresholds.image)})
-            maps.append(full)
-            masks.append(mask)
-    metrics = _metrics(rows, masks if with_masks else None, maps)
-    kept_maps = {i: maps[i] for i in keep if i < len(maps)}
-    kept_masks = {i: masks[i] for i in keep if i < len(masks)}
+            if with_masks:
+                pixels.add(mask, full, rec.defect_type)
+                medians.append(float(np.median(full[~mask])) if (~mask).any() else float("nan"))
+    metrics = _metrics(rows, pixels if with_masks else None, np.array(medians))
     return EvalResult(metrics, rows, kept_maps, kept_masks, 1000 * pred_s / max(1, len(rows)))
 
 
-def _metrics(rows: list[dict[str, Any]], masks: list[np.ndarray] | None, maps: list[np.ndarray]) -> dict[str, Any]:
+def _metrics(rows: list[dict[str, Any]], pixels: PixelHistogram | None, medians: np.ndarray) -> dict[str, Any]:
     labels = np.array([r["label"] for r in rows])
     scores = np.array([r["score"] for r in rows])
     types = [r["defect_type"] for r in rows]
     out: dict[str, Any] = {}
     if labels.min() == labels.max():
         return {"all": {"n_images": len(rows), "note": "one class only: no AUROC"}}
-    groups = {"all": list(range(len(rows)))}
+    groups = {"all": (list(range(len(rows))), None)}
     for d in sorted(set(types) - {GOOD}):
-        groups[d] = [i for i, t in enumerate(types) if t in (d, GOOD)]
-    for name, sel in groups.items():
+        groups[d] = ([i for i, t in enumerate(types) if t in (d, GOOD)], [d, GOOD])
+    for name, (sel, kinds) in groups.items():
         if labels[sel].min() == labels[sel].max():
             continue
-        m = anomaly_metrics(labels[sel], scores[sel], [masks[i] for i in sel] if masks else None,
-                            [maps[i] for i in sel] if masks else None)
+        m = anomaly_metrics(labels[sel], scores[sel])
+        if pixels is not None:
+            m.update(pixels.metrics(kinds))
+            k = [i for i in sel if not np.isnan(medians[i])]
+            bg = auroc(labels[k], medians[k]) if len(set(labels[k].tolist())) == 2 else None
+            m["background_auroc"] = bg
         pred = np.array([rows[i]["predicted_defect"] for i in sel])
         m["deployable_recall"] = float(pred[labels[sel] == 1].mean())
         m["deployable_false_alarm_rate"] = float(pred[labels[sel] == 0].mean()) if (labels[sel] == 0).any() else None

@@ -27,7 +27,8 @@ def test_streaming_fit_gives_the_bank_of_one_big_batch(one_torch_thread: None) -
     torch.testing.assert_close(banks[0], banks[1], rtol=1e-4, atol=1e-4)
 
 
-def test_streamed_evaluation_equals_exact_pixel_metrics(synthetic_object: Path, one_torch_thread: None) -> None:
+def test_streamed_evaluation_equals_exact_pixel_metrics(synthetic_object: Path,
+                                                       one_torch_thread: None) -> None:
     cfg = RunConfig(data=str(synthetic_object), options={"coreset_ratio": 0.1}, image_size=64)
     det = fit_detector(cfg)
     records = evaluation_records(open_dataset(cfg.data))

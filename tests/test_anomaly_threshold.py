@@ -29,7 +29,7 @@ def _part(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _shot(part: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The part under another lighting: gain, offset, an illumination gradient, noise (one camera, one crop)."""
+    """The part under another lighting: gain, offset, a lighting gradient, noise (one camera, one crop)."""
     h, w = part.shape
     ramp = (np.linspace(-1, 1, w)[None, :] * rng.uniform(-0.03, 0.03)
             + np.linspace(-1, 1, h)[:, None] * rng.uniform(-0.03, 0.03))
@@ -74,7 +74,8 @@ def test_auto_grouping_recovers_planted_near_duplicates(planted: tuple[list[Path
 def test_auto_holdout_keeps_planted_parts_on_one_side(planted: tuple[list[Path], list[int]]) -> None:
     paths, truth = planted
     part = {p.name: k for p, k in zip(paths, truth, strict=True)}
-    index = DatasetIndex(paths[0].parent, "planted", "mvtec", [SampleRecord(p, "train", "good") for p in paths])
+    records = [SampleRecord(p, "train", "good") for p in paths]
+    index = DatasetIndex(paths[0].parent, "planted", "mvtec", records)
     for seed in range(3):
         split = holdout_split(index, RunConfig(holdout=0.2, seed=seed))  # default rule: auto
         fitted, held = {part[r.path.name] for r in split.fit}, {part[r.path.name] for r in split.held}
@@ -97,7 +98,8 @@ def test_false_alarm_estimate_covers_the_true_rate_on_iid_scores() -> None:
 def test_false_alarm_knob_holds_on_new_synthetic_good_images(tmp_path: Path) -> None:
     data = make_synthetic(tmp_path, SynthConfig(kind="texture", size=64, n_train=60, n_test_good=150,
                                                 n_per_defect=0, defects=(), seed=3))
-    cfg = RunConfig(data=str(data), options={"coreset_ratio": 0.1}, image_size=64, holdout=0.4, false_alarm=0.1)
+    cfg = RunConfig(data=str(data), options={"coreset_ratio": 0.1}, image_size=64, holdout=0.4,
+                    false_alarm=0.1)
     det = fit_detector(cfg)
     t = det.thresholds
     assert t.false_alarm == pytest.approx(0.1) and t.false_alarm_interval is not None and t.holdout

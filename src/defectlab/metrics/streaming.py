@@ -3,7 +3,7 @@
     >>> acc = PixelHistogram()
     >>> for mask, amap, kind in images:    # one image at a time, any sizes
     ...     acc.add(mask, amap, kind)
-    >>> acc.metrics()                      # pixel_auroc, pixel_aupro, pixel_ap, pixel_f1_max, pixel_f1_threshold
+    >>> acc.metrics()                      # pixel_auroc, _aupro, _ap, _f1_max, _f1_threshold
     >>> acc.metrics(["crack", "good"])     # one defect type against the good images
 
 The exact metrics (``defectlab.metrics.anomaly``) need every pixel score at once: for a few hundred maps at

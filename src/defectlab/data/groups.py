@@ -87,10 +87,11 @@ def near_duplicate_groups(paths: Sequence[str | Path], *, distance: float = LINK
     """A group id per image (0, 1, ... in order of first appearance), from pixel similarity alone.
 
     Each image becomes a 16x16 grayscale thumbnail less its best-fitting plane, with unit norm
-    (exposure, gain and a linear lighting gradient drop out); the distance of two images is one minus the correlation of their thumbnails, or more
-    than any cut when their widths or heights differ by more than ``size_tolerance`` (log ratio: crops
-    of one part by one camera have one size). Average linkage cut at ``distance`` groups them: unlike
-    single linkage it does not chain similar-looking parts into one giant group. On magnetic_tile's
+    (exposure, gain and a linear lighting gradient drop out); the distance of two images is one minus
+    the correlation of their thumbnails, or more than any cut when their widths or heights differ by
+    more than ``size_tolerance`` (log ratio: crops of one part by one camera have one size). Average
+    linkage cut at ``distance`` groups them: unlike single linkage it does not chain similar-looking
+    parts into one giant group. On magnetic_tile's
     train/good (715 shots of ~127 tiles under 6 lightings) it recovers 92% of the same-tile pairs of the
     tiles shot once per lighting, at group purity 0.66 against the tile list (docs/anomaly.md).
     Above ``MAX_LINKAGE`` images, connected components of the pairs closer than ``distance / 3``.
@@ -113,7 +114,8 @@ def near_duplicate_groups(paths: Sequence[str | Path], *, distance: float = LINK
     return [first.setdefault(int(lab), len(first)) for lab in labels]
 
 
-def _sparse_components(x: np.ndarray, sizes: np.ndarray, distance: float, size_tolerance: float) -> np.ndarray:
+def _sparse_components(x: np.ndarray, sizes: np.ndarray, distance: float,
+                       size_tolerance: float) -> np.ndarray:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

@@ -22,13 +22,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from defectlab.cli import anomaly, classify, data, demo, export, inspect, segment, serve
+    from defectlab.cli import anomaly, classify, data, demo, export, inspect, records, segment, serve
 
     app.add_typer(data.app, name="data")
     app.add_typer(classify.app, name="classify")
     app.add_typer(anomaly.app, name="anomaly")
     app.add_typer(segment.app, name="segment")
     app.add_typer(export.app, name="export")
+    app.add_typer(records.app, name="records")
     app.command("inspect")(inspect.inspect)
     app.command("serve")(serve.serve)
     app.command("demo")(demo.demo)

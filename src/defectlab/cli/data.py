@@ -79,7 +79,12 @@ def split(
 
     from defectlab.data.index import open_dataset
     from defectlab.data.split import (
-        SplitConfig, make_split, parse_ratio, read_manifest, split_counts, write_manifest,
+        SplitConfig,
+        make_split,
+        parse_ratio,
+        read_manifest,
+        split_counts,
+        write_manifest,
     )
 
     cfg = SplitConfig(val=val, test=test, folds=folds, use_train_good=use_train_good,

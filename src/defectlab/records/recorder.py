@@ -1,0 +1,138 @@
+"""From a prediction to a record: the model version, the anomaly map kept as an 8-bit PNG, the optional
+type / regions fields an inspection bundle adds in ``Prediction.extra``."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from defectlab.anomaly.base import Prediction
+from defectlab.records.store import NewRecord
+
+
+def model_version(engine: Any) -> str:
+    """A short stable hash of what the engine says about itself (weights summary, thresholds, config,
+    training data): a refit or a new threshold gives a new version."""
+    info = engine.info() if hasattr(engine, "info") else {}
+    text = json.dumps(info, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def map_png(pred: Prediction) -> bytes:
+    """The anomaly map as 8-bit grey: 128 = the pixel threshold, 255 = twice it (or more)."""
+    thr = float(pred.extra.get("pixel_threshold", pred.threshold)) or 1.0
+    amap = np.asarray(pred.anomaly_map, dtype=np.float32)
+    grey = np.clip(amap / thr * 128.0, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey, "L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _type_fields(extra: dict[str, Any]) -> tuple[str | None, float | None, list[list[Any]] | None, Any]:
+    dtype = extra.get("type")
+    probs = extra.get("type_probs") or extra.get("type_top")
+    top = None
+    if isinstance(probs, dict):
+        top = [[k, float(v)] for k, v in sorted(probs.items(), key=lambda kv: -float(kv[1]))[:3]]
+    elif isinstance(probs, (list, tuple)):
+        top = [[str(k), float(v)] for k, v in list(probs)[:3]]
+    prob = extra.get("type_prob")
+    if prob is None and top and dtype is not None:
+        prob = next((p for k, p in top if k == dtype), None)
+    regions = extra.get("regions")
+    return (
+        str(dtype) if dtype is not None else None,
+        float(prob) if prob is not None else None,
+        top,
+        json.loads(json.dumps(regions, default=_jsonable)) if regions is not None else None,
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def from_prediction(
+    pred: Prediction,
+    image: bytes,
+    name: str,
+    width: int,
+    height: int,
+    *,
+    version: str,
+    latency_ms: float,
+    source: str = "",
+    origin: str = "cli",
+    ext: str = ".png",
+    keep_map: bool = True,
+) -> NewRecord:
+    dtype, prob, top, regions = _type_fields(pred.extra or {})
+    return NewRecord(
+        image_name=name,
+        image=image,
+        width=width,
+        height=height,
+        model_version=version,
+        score=float(pred.score),
+        threshold=float(pred.threshold),
+        verdict="defect" if pred.is_defect else "good",
+        latency_ms=latency_ms,
+        source=source,
+        origin=origin,
+        boxes=[[int(v) for v in b] for b in pred.boxes],
+        type=dtype,
+        type_prob=prob,
+        type_top=top,
+        regions=regions,
+        map_png=map_png(pred) if keep_map else None,
+        image_ext=ext,
+    )
+
+
+_VERSIONS: dict[int, tuple[Any, str]] = {}
+
+
+def cached_version(engine: Any) -> str:
+    """``model_version`` computed once per loaded engine."""
+    hit = _VERSIONS.get(id(engine))
+    if hit is None or hit[0] is not engine:
+        hit = (engine, model_version(engine))
+        _VERSIONS[id(engine)] = hit
+    return hit[1]
+
+
+def record_batch(
+    store: Any,
+    engine: Any,
+    items: list[tuple[Path, str, Image.Image, Prediction]],
+    latency_ms: float,
+    source: str = "",
+) -> list[int]:
+    """Record one ``inspect`` batch: (file, relative name, decoded image, prediction) per image."""
+    version = cached_version(engine)
+    recs = [
+        from_prediction(
+            pred,
+            path.read_bytes(),
+            rel,
+            image.width,
+            image.height,
+            version=version,
+            latency_ms=latency_ms,
+            source=source,
+            origin="cli",
+            ext=path.suffix,
+        )
+        for path, rel, image, pred in items
+    ]
+    return store.record_many(recs)

@@ -93,7 +93,7 @@ def near_duplicate_groups(paths: Sequence[str | Path], *, distance: float = LINK
     linkage cut at ``distance`` groups them: unlike single linkage it does not chain similar-looking
     parts into one giant group. On magnetic_tile's
     train/good (715 shots of ~127 tiles under 6 lightings) it recovers 92% of the same-tile pairs of the
-    tiles shot once per lighting, at group purity 0.66 against the tile list (docs/anomaly.md).
+    tiles shot once per lighting, at group purity 0.67 against the tile list (docs/anomaly.md).
     Above ``MAX_LINKAGE`` images, connected components of the pairs closer than ``distance / 3``.
     """
     n = len(paths)

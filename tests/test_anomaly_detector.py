@@ -136,7 +136,7 @@ def test_cli_fit_test_predict(synthetic_object: Path, tmp_path: Path, capsys: py
                  "--force"]) == 2
     capsys.readouterr()
     assert main(args + ["--holdout-group", "^part", "--force"]) == 2  # file names 000.png...: no part named
-    assert "000.png: file name does not match holdout_group '^part'" in capsys.readouterr().err
+    assert "000.png: file name does not match the group rule '^part'" in capsys.readouterr().err
 
 
 def test_standardize_intensity_removes_exposure_and_gain() -> None:
@@ -170,10 +170,10 @@ def test_holdout_group_holds_out_whole_parts() -> None:
         fit, held = split_train(index, RunConfig(holdout=0.1, holdout_group=r"^(part\d+)_", seed=seed))
         assert len(held) == 12 and len(fit) == 108  # two whole parts of six shots
         assert not {part(r) for r in fit} & {part(r) for r in held}
-    fit, held = split_train(index, RunConfig(holdout=0.1))  # without it: single shots, parts on both sides
+    fit, held = split_train(index, RunConfig(holdout=0.1, holdout_group="none"))  # single shots: parts on both sides
     assert len(held) == 12 and {part(r) for r in fit} & {part(r) for r in held}
     odd = DatasetIndex(Path("/data"), "parts", "mvtec", index.records + [SampleRecord(Path("/data/x.png"), "train", "good")])
-    with pytest.raises(BadInputError, match=r"x\.png.*does not match holdout_group"):
+    with pytest.raises(BadInputError, match=r"x\.png.*does not match the group rule"):
         split_train(odd, RunConfig(holdout_group=r"^(part\d+)_"))
     with pytest.raises(ConfigError, match="not a regular expression"):
         split_train(index, RunConfig(holdout_group="(part"))

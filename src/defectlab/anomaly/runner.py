@@ -7,10 +7,13 @@
 Which images are used: the ``train`` split's good images are fitted on, except ``holdout`` of them
 (default 10%, chosen with ``seed``) kept aside to set the deployable thresholds; a ``val`` split's good
 images (from ``defectlab data split`` manifests) are used for the thresholds instead when present.
-When several images show one part (views, lightings), ``holdout_group`` names the part from the file name
-(e.g. ``'^(part[0-9]+)_'``) and whole parts are held out: held-out shots whose siblings are fitted on score
-like training images and set the threshold too low (on magnetic_tile: 16% instead of 4% false alarms on new
-tiles, bench/threshold_holdout.py). The ``test`` split is evaluated; pixel metrics compare maps mapped
+Several images often show one part (views, lightings); whole parts are held out, because held-out shots
+whose siblings are fitted on score like training images and set the threshold too low (on magnetic_tile:
+16% instead of 4% false alarms on new tiles, bench/threshold_holdout.py). ``holdout_group`` is the group
+rule (``defectlab.data.groups``): ``auto`` (default) groups near-duplicate images by their pixels, a regex
+(``'regex:^(part[0-9]+)_'``) names the part from the file name, ``none`` holds out single images. The
+threshold is set for a target false-alarm rate (``false_alarm``, default 1%) and the run reports the rate to
+expect on new parts with an interval (``defectlab.anomaly.threshold``). The ``test`` split is evaluated; pixel metrics compare maps mapped
 back to the original image size with the original masks (letterbox padding never counts).
 
 Defaults and why: ``resize="auto"``, ``image_size=256``. ``auto`` is the method's own choice. PatchCore
@@ -36,7 +39,6 @@ import io
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,13 +53,15 @@ from defectlab.anomaly import build_model
 from defectlab.anomaly.base import AnomalyModel
 from defectlab.anomaly.detector import Detector, Preprocess, Thresholds, same_size_runs
 from defectlab.anomaly.geometry import map_to_original
+from defectlab.anomaly.threshold import deployable_threshold
 from defectlab.config import atomic_write_text, write_json
 from defectlab.data.dataset import DefectDataset
 from defectlab.data.index import GOOD, DatasetIndex, SampleRecord, open_dataset
 from defectlab.data.io import load_mask, read_info
 from defectlab.data.transforms import as_hw
 from defectlab.errors import BadInputError, ConfigError
-from defectlab.metrics import anomaly_metrics, threshold_from_good
+from defectlab.metrics import anomaly_metrics, auroc, threshold_from_good
+from defectlab.metrics.streaming import PixelHistogram
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,9 @@ class RunConfig:
     resize: str = "auto"  # auto (the method's own) | native (one scale factor, sizes vary) | letterbox | squash | crop
     standardize: bool = True  # per-image intensity standardisation (exposure/gain differences between shots)
     holdout: float = 0.1  # fraction of train/good kept aside for the deployable threshold
-    holdout_group: str = ""  # regex: the part an image shows, from its file name (first group, else the match)
-    quantile: float = 0.99  # deployable threshold = this quantile of held-out good scores
+    holdout_group: str = "auto"  # group rule (defectlab.data.groups): auto | none | regex:PATTERN
+    false_alarm: float = 0.01  # target false-alarm rate on good parts (threshold: the 1 - this quantile)
+    quantile: float | None = None  # old knob: if set, false_alarm = 1 - quantile
     batch_size: int = 16
     num_workers: int = 0
     seed: int = 0  # hold-out split
@@ -111,50 +116,89 @@ def native_scale(records: Sequence[SampleRecord], image_size: int | tuple[int, i
     return max(as_hw(image_size)) / float(sides[len(sides) // 2])
 
 
-def split_train(index: DatasetIndex, cfg: RunConfig) -> tuple[list[SampleRecord], list[SampleRecord]]:
-    """(records to fit on, held-out good records for the thresholds)."""
+@dataclass
+class HoldOut:
+    """The good training images split into those fitted on and those that set the thresholds."""
+
+    fit: list[SampleRecord]
+    held: list[SampleRecord]
+    groups: list[str]  # the part (group key) of each held-out image
+    how: str  # one line for the run's report
+
+
+def holdout_split(index: DatasetIndex, cfg: RunConfig) -> HoldOut:
+    """Hold out whole groups of ``holdout_group`` (default ``auto``: near-duplicate shots of one part,
+    ``defectlab.data.groups``) until ``holdout`` of train/good is reached, skipping groups that would
+    overshoot it by more than a quarter (many small groups give a steadier threshold than one big one).
+    A ``val`` split's good images are used instead when present."""
+    from defectlab.data.groups import group_indices, group_keys
+
     good = index.select(split="train", defect_types=[GOOD])
     if not good:
         raise BadInputError(index.root, "no good training images (expected train/good/ or a train manifest; "
                                         "for a folder layout run 'defectlab data split' first)")
+    rule = (cfg.holdout_group or "none").strip()
     val = index.select(split="val", defect_types=[GOOD])
     if val:
-        return good, val
+        return HoldOut(good, val, group_keys([r.path for r in val], rule),
+                       f"the val split's {len(val)} good images (groups: {rule})")
     if not 0 <= cfg.holdout < 1:
         raise ConfigError(f"holdout must be in [0, 1), got {cfg.holdout}")
     n_hold = int(round(cfg.holdout * len(good)))
     if n_hold == 0 or len(good) - n_hold < 1:
-        return good, []
-    groups = _part_groups(good, cfg.holdout_group) if cfg.holdout_group else [[i] for i in range(len(good))]
+        return HoldOut(good, [], [], "no hold-out")
+    keys = group_keys([r.path for r in good], rule)
+    groups = group_indices(keys)
+    fallback = ""
+    biggest = max(map(len, groups))
+    if rule == "auto" and biggest > len(good) / 2:  # the images all look alike: no parts to tell apart
+        fallback = (f"; the auto rule put {biggest} of {len(good)} images in one group (they look "
+                    "alike), so single images were held out (name parts with --holdout-group regex:...)")
+        log.warning("holdout: %s", fallback[2:])
+        keys = [str(r.path) for r in good]
+        groups = group_indices(keys)
+    if len(groups) == 1:
+        raise ConfigError(f"holdout_group '{rule}' finds one part only: nothing would be left to fit on")
     random.Random(cfg.seed).shuffle(groups)
-    hold: set[int] = set()
+    hold: list[int] = []
     for members in groups:  # whole parts, until at least n_hold images
         if len(hold) >= n_hold:
             break
-        hold.update(members)
-    if len(hold) == len(good):
-        raise ConfigError(f"holdout_group '{cfg.holdout_group}' finds one part only: nothing would be left to fit on")
-    return [r for i, r in enumerate(good) if i not in hold], [r for i, r in enumerate(good) if i in hold]
+        if hold and len(hold) + len(members) > 1.25 * n_hold:
+            continue
+        hold += members
+    if len(hold) >= len(good):
+        raise ConfigError(f"holdout_group '{rule}' finds one part only: nothing would be left to fit on")
+    held_set = set(hold)
+    kind = {"none": "single images (no groups: shots of one part may sit on both sides, an optimistic "
+                    "threshold)",
+            "auto": "near-duplicate groups found automatically (rule auto: standardised thumbnails, "
+                    "average linkage)"}.get(rule, f"groups named by the rule '{rule}'")
+    n_held_groups = len({keys[i] for i in hold})
+    how = (f"{len(hold)} of {len(good)} train/good images held out as {n_held_groups} whole groups of "
+           f"{len(groups)}: {kind}{fallback}")
+    return HoldOut([r for i, r in enumerate(good) if i not in held_set], [good[i] for i in sorted(held_set)],
+                   [keys[i] for i in sorted(held_set)], how)
 
 
-def _part_groups(records: Sequence[SampleRecord], pattern: str) -> list[list[int]]:
-    """Indices of the records grouped by the part their file name names (``holdout_group``)."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as e:
-        raise ConfigError(f"holdout_group '{pattern}' is not a regular expression: {e}") from e
-    parts: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        m = regex.search(r.path.name)
-        if m is None:
-            raise BadInputError(r.path, f"file name does not match holdout_group '{pattern}'")
-        parts.setdefault(m.group(1) if regex.groups else m.group(0), []).append(i)
-    return list(parts.values())
+def split_train(index: DatasetIndex, cfg: RunConfig) -> tuple[list[SampleRecord], list[SampleRecord]]:
+    """(records to fit on, held-out good records for the thresholds): ``holdout_split`` without the groups."""
+    split = holdout_split(index, cfg)
+    return split.fit, split.held
+
+
+def target_false_alarm(cfg: RunConfig) -> float:
+    rate = 1.0 - cfg.quantile if cfg.quantile is not None else cfg.false_alarm
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"false_alarm must be in [0, 1) (quantile in (0, 1]), got {rate:.4g}")
+    return rate
 
 
 def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
     index = index or open_dataset(cfg.data)
-    fit_recs, hold_recs = split_train(index, cfg)
+    rate = target_false_alarm(cfg)
+    split = holdout_split(index, cfg)
+    fit_recs, hold_recs = split.fit, split.held
     model = build_model(cfg.model, cfg.options)
     resize = resolve_resize(cfg.resize, model)
     scale = native_scale(fit_recs, cfg.image_size) if resize == "native" else 1.0
@@ -173,13 +217,22 @@ def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
         map_max += out.maps.flatten(1).max(1).values.tolist()
     if len(hold_recs) < 10:
         log.warning("only %d good images set the deployable threshold: expect it to be rough", len(scored))
-    source = f"{len(hold_recs)} held-out good images" if hold_recs else \
+    source = split.how if hold_recs else \
         f"the {len(fit_recs)} training images themselves (no hold-out: optimistic, expect more false alarms)"
-    det.thresholds = Thresholds(threshold_from_good(scores, cfg.quantile), threshold_from_good(map_max, cfg.quantile),
-                                f"quantile {cfg.quantile} of the scores (pixel: map maxima) of {source}")
+    est = deployable_threshold(scores, split.groups if hold_recs else None, rate, seed=cfg.seed)
+    lo, hi = est.interval
+    det.thresholds = Thresholds(
+        est.threshold, threshold_from_good(map_max, 1.0 - rate),
+        f"quantile {1 - rate:.4g} of the scores (pixel: map maxima) of {source}; target false-alarm rate "
+        f"{rate:.3g}, expected {est.expected:.3f} (90% interval {lo:.3f}-{hi:.3f}, group bootstrap over "
+        f"{est.n_groups} held-out groups)",
+        false_alarm=rate, expected_false_alarm=round(est.expected, 4),
+        false_alarm_interval=[round(lo, 4), round(hi, 4)],
+        holdout=split.how)
     det.training = {"data": str(index.root), "dataset": index.name, "layout": index.layout,
                     "weights": model.summary().get("backbone_weights", "trained from scratch"),
                     "n_fit": len(fit_recs), "n_threshold": len(scored), "fit_seconds": round(fit_s, 2),
+                    "holdout": split.how, "n_threshold_groups": est.n_groups,
                     "good_scores": {"min": float(np.min(scores)), "median": float(np.median(scores)),
                                     "max": float(np.max(scores))}}
     return det
@@ -196,11 +249,17 @@ class EvalResult:
 
 def evaluate(det: Detector, records: Sequence[SampleRecord], *, batch_size: int = 16,
              keep: set[int] | None = None) -> EvalResult:
-    """Score ``records``; metrics need both good and defective images (pixel ones need masks)."""
+    """Score ``records``; metrics need both good and defective images (pixel ones need masks).
+
+    Streams: each map is brought to its image's original size, binned into the pixel-metric histograms
+    (``defectlab.metrics.streaming``, one group per defect type) and dropped, unless it is one of ``keep``
+    (overlays); memory does not grow with the number of test images beyond one row per image."""
     keep = keep or set()
     rows: list[dict[str, Any]] = []
-    masks: list[np.ndarray] = []
-    maps: list[np.ndarray] = []
+    kept_maps: dict[int, np.ndarray] = {}
+    kept_masks: dict[int, np.ndarray] = {}
+    medians: list[float] = []  # per image: median map score outside the ground truth (background_auroc)
+    pixels = PixelHistogram()
     pred_s = 0.0
     cfg = RunConfig(batch_size=batch_size)
     with_masks = any(r.mask_path is not None for r in records if r.label == 1)
@@ -218,31 +277,36 @@ def evaluate(det: Detector, records: Sequence[SampleRecord], *, batch_size: int 
             full = map_to_original(out.maps[i], hw, det.preprocess.resize)
             mask = load_mask(rec.mask_path, size=(info.width, info.height)) if rec.mask_path else np.zeros(hw, bool)
             score = float(out.scores[i])
+            if len(rows) in keep:
+                kept_maps[len(rows)], kept_masks[len(rows)] = full, mask
             rows.append({"path": str(path), "defect_type": rec.defect_type, "label": rec.label, "score": score,
                          "predicted_defect": int(score > det.thresholds.image)})
-            maps.append(full)
-            masks.append(mask)
-    metrics = _metrics(rows, masks if with_masks else None, maps)
-    kept_maps = {i: maps[i] for i in keep if i < len(maps)}
-    kept_masks = {i: masks[i] for i in keep if i < len(masks)}
+            if with_masks:
+                pixels.add(mask, full, rec.defect_type)
+                medians.append(float(np.median(full[~mask])) if (~mask).any() else float("nan"))
+    metrics = _metrics(rows, pixels if with_masks else None, np.array(medians))
     return EvalResult(metrics, rows, kept_maps, kept_masks, 1000 * pred_s / max(1, len(rows)))
 
 
-def _metrics(rows: list[dict[str, Any]], masks: list[np.ndarray] | None, maps: list[np.ndarray]) -> dict[str, Any]:
+def _metrics(rows: list[dict[str, Any]], pixels: PixelHistogram | None, medians: np.ndarray) -> dict[str, Any]:
     labels = np.array([r["label"] for r in rows])
     scores = np.array([r["score"] for r in rows])
     types = [r["defect_type"] for r in rows]
     out: dict[str, Any] = {}
     if labels.min() == labels.max():
         return {"all": {"n_images": len(rows), "note": "one class only: no AUROC"}}
-    groups = {"all": list(range(len(rows)))}
+    groups = {"all": (list(range(len(rows))), None)}
     for d in sorted(set(types) - {GOOD}):
-        groups[d] = [i for i, t in enumerate(types) if t in (d, GOOD)]
-    for name, sel in groups.items():
+        groups[d] = ([i for i, t in enumerate(types) if t in (d, GOOD)], [d, GOOD])
+    for name, (sel, kinds) in groups.items():
         if labels[sel].min() == labels[sel].max():
             continue
-        m = anomaly_metrics(labels[sel], scores[sel], [masks[i] for i in sel] if masks else None,
-                            [maps[i] for i in sel] if masks else None)
+        m = anomaly_metrics(labels[sel], scores[sel])
+        if pixels is not None:
+            m.update(pixels.metrics(kinds))
+            k = [i for i in sel if not np.isnan(medians[i])]
+            bg = auroc(labels[k], medians[k]) if len(set(labels[k].tolist())) == 2 else None
+            m["background_auroc"] = bg
         pred = np.array([rows[i]["predicted_defect"] for i in sel])
         m["deployable_recall"] = float(pred[labels[sel] == 1].mean())
         m["deployable_false_alarm_rate"] = float(pred[labels[sel] == 0].mean()) if (labels[sel] == 0).any() else None

@@ -95,15 +95,18 @@ def _torchvision(arch: str) -> Callable[[], nn.Module]:
     return make
 
 
-def _efficientnet_lite0() -> nn.Module:
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        from defectlab.errors import ConfigError
+def _efficientnet_lite(n: int) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            from defectlab.errors import ConfigError
 
-        raise ConfigError("efficientnet_lite0 needs the package efficientnet-lite-pytorch "
-                          "(pip install --no-deps efficientnet-lite-pytorch)") from None
-    return EfficientNet.from_name("efficientnet-lite0")
+            raise ConfigError(f"efficientnet_lite{n} needs the package efficientnet-lite-pytorch "
+                              "(pip install --no-deps efficientnet-lite-pytorch)") from None
+        return EfficientNet.from_name(f"efficientnet-lite{n}")
+
+    return make
 
 
 _register("resnet18", _torchvision("resnet18"), patch_layers=("layer2", "layer3"), pooled_layer="layer4")
@@ -115,5 +118,10 @@ _register("mobilenet_v2", _torchvision("mobilenet_v2"), patch_layers=("features.
           pooled_layer="features.18")
 # EfficientNet-Lite0 (Google's TF weights, ported): inputs in [-1, 1]; _blocks.4 ends stride 8 (40 ch),
 # _blocks.10 stride 16 (112 ch); _bn1 is the 1280-channel head.
-_register("efficientnet_lite0", _efficientnet_lite0, patch_layers=("_blocks.4", "_blocks.10"), pooled_layer="_bn1",
-          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_register("efficientnet_lite0", _efficientnet_lite(0), patch_layers=("_blocks.4", "_blocks.10"),
+          pooled_layer="_bn1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+# Lite1 / Lite2 (same port and loader, deeper and wider): the last stride-8 block is _blocks.6 (40 / 48 ch),
+# the last stride-16 block _blocks.14 (112 / 120 ch).
+for _n in (1, 2):
+    _register(f"efficientnet_lite{_n}", _efficientnet_lite(_n), patch_layers=("_blocks.6", "_blocks.14"),
+              pooled_layer="_bn1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

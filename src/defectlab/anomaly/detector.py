@@ -142,20 +142,7 @@ class Detector:
         """One ``Prediction`` per image (PIL images or paths), map and boxes at the image's own size."""
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            pils, names = [], []
-            for i, im in enumerate(chunk):
-                if isinstance(im, Image.Image):
-                    pils.append(im.convert(self.preprocess.mode))
-                    names.append(getattr(im, "filename", "") or f"<image {start + i}>")
-                else:
-                    pils.append(load_pil(im, self.preprocess.mode))
-                    names.append(str(im))
-            tensors = [self._transform(p, None)[0] for p in pils]
-            for name, t in zip(names, tensors):
-                if min(t.shape[-2:]) < self.min_input_side:
-                    raise BadInputError(name, f"{t.shape[-2]}x{t.shape[-1]} px after preprocessing, less than the "
-                                              f"{self.min_input_side} px per side this engine needs (use --engine torch)")
+            names, pils, tensors = self.prepare(images[start:start + batch_size], start)
             scores, maps = [], []
             for run in same_size_runs([t.shape for t in tensors], batch_size):  # "native": sizes differ
                 res = self.predict_tensor(torch.stack([tensors[k] for k in run]))
@@ -168,6 +155,24 @@ class Detector:
                 out.append(Prediction(name, float(score), self.thresholds.image, is_defect, full, boxes,
                                       {"pixel_threshold": self.thresholds.pixel, "method": self.method}))
         return out
+
+    def prepare(self, chunk: Sequence[Image.Image | str | Path], start: int = 0
+                ) -> tuple[list[str], list[Image.Image], list[torch.Tensor]]:
+        """(names, decoded images, model inputs) of PIL images or paths; ``start`` numbers unnamed images."""
+        pils, names = [], []
+        for i, im in enumerate(chunk):
+            if isinstance(im, Image.Image):
+                pils.append(im.convert(self.preprocess.mode))
+                names.append(getattr(im, "filename", "") or f"<image {start + i}>")
+            else:
+                pils.append(load_pil(im, self.preprocess.mode))
+                names.append(str(im))
+        tensors = [self._transform(p, None)[0] for p in pils]
+        for name, t in zip(names, tensors):
+            if min(t.shape[-2:]) < self.min_input_side:
+                raise BadInputError(name, f"{t.shape[-2]}x{t.shape[-1]} px after preprocessing, less than the "
+                                          f"{self.min_input_side} px per side this engine needs (use --engine torch)")
+        return names, pils, tensors
 
     # -- description ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from defectlab.classify.data import decode_resized
 from defectlab.classify.models import ModelConfig
@@ -70,11 +71,15 @@ class Predictor:
         self.setup_.model.to(self.device_)
         return self
 
-    def predict(self, paths: Sequence[str | Path]) -> list[ClassPrediction]:
+    def predict(self, paths: Sequence[str | Path | Image.Image]) -> list[ClassPrediction]:
+        """Paths or decoded PIL images (a PIL image's path is its ``filename`` or ``<image i>``)."""
         if not hasattr(self, "setup_"):
             self.load()
         t = self.train_cfg_
-        images = torch.stack([decode_resized(str(p), t.image_size, t.resize) for p in paths])
+        images = torch.stack([decode_resized(p if isinstance(p, Image.Image) else str(p), t.image_size, t.resize)
+                              for p in paths])
+        paths = [getattr(p, "filename", "") or f"<image {i}>" if isinstance(p, Image.Image) else p
+                 for i, p in enumerate(paths)]
         probs = predict_logits(self.setup_, images, batch_size=t.eval_batch_size, device=self.device_).softmax(1)
         out = []
         for path, p in zip(paths, probs.tolist()):

@@ -22,7 +22,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from defectlab.cli import anomaly, classify, data, demo, export, inspect, segment, serve
+    from defectlab.cli import anomaly, classify, data, demo, export, inspect, segment, serve, verdict
 
     app.add_typer(data.app, name="data")
     app.add_typer(classify.app, name="classify")
@@ -32,6 +32,8 @@ def _register() -> None:
     app.command("inspect")(inspect.inspect)
     app.command("serve")(serve.serve)
     app.command("demo")(demo.demo)
+    app.add_typer(verdict.app, name="bundle")
+    app.command("refine")(verdict.refine)
 
 
 _register()

@@ -50,6 +50,11 @@ class InspectResult(BaseModel):
     boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 in image pixels (x1, y1 exclusive)
     heatmap_png: str | None  # base64 PNG: the anomaly map over the image, boxes drawn
     elapsed_ms: float
+    # an inspection bundle (defectlab.verdict) adds the part's verdict; None for a plain anomaly run
+    type: str | None = None  # defect type, "unknown", or None when good
+    probabilities: dict[str, float] | None = None  # top-3 type probabilities
+    regions: list[dict[str, Any]] | None = None  # box, score, area, type, probabilities, mask (RLE in its box)
+    scores: dict[str, float] | None = None  # the raw scores and thresholds behind the verdict
 
 
 class Health(BaseModel):
@@ -123,7 +128,9 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig()) ->
                              score=float(pred.score), threshold=float(pred.threshold),
                              verdict="defect" if pred.is_defect else "good", is_defect=bool(pred.is_defect),
                              boxes=[tuple(int(v) for v in b) for b in pred.boxes], heatmap_png=png,
-                             elapsed_ms=round((time.perf_counter() - t0) * 1000, 2))
+                             elapsed_ms=round((time.perf_counter() - t0) * 1000, 2),
+                             **{k: pred.extra[k] for k in ("type", "probabilities", "regions", "scores")
+                                if k in pred.extra})
 
     @app.post("/inspect/heatmap", dependencies=[Depends(check_key)], response_class=Response,
               responses={200: {"content": {"image/png": {}}, "description": "Heatmap overlay PNG; the score "

@@ -51,9 +51,11 @@ def load_features(det: Detector, run: Path, data: Path, cache: Path, max_good: i
     negatives = random.Random(0).sample(fit_recs, min(max_good, len(fit_recs)))
     test = index.select(split="test")
     records = test + negatives + hold_recs
-    parts = {"test": list(range(len(test))),
-             "negatives": list(range(len(test), len(test) + len(negatives))),
-             "holdout": list(range(len(test) + len(negatives), len(records)))}
+    parts = {
+        "test": list(range(len(test))),
+        "negatives": list(range(len(test), len(test) + len(negatives))),
+        "holdout": list(range(len(test) + len(negatives), len(records))),
+    }
     if cache.is_file():
         blob = torch.load(cache, weights_only=False)
         if [str(r.path) for r in blob["records"]] == [str(r.path) for r in records]:
@@ -73,29 +75,36 @@ def pool_pair(amap: torch.Tensor, mask: torch.Tensor, stride: int) -> tuple[np.n
     return m.numpy(), g.numpy()
 
 
-def metrics(feats: Features, idx: list[int], maps: list[torch.Tensor], scores: list[float], stride: int) -> dict:
+def metrics(
+    feats: Features, idx: list[int], maps: list[torch.Tensor], scores: list[float], stride: int
+) -> dict:
     pairs = [pool_pair(m, feats.masks[i], stride) for m, i in zip(maps, idx, strict=True)]
     types = [feats.records[i].defect_type for i in idx]
     labels = [int(t != GOOD) for t in types]
-    out = {"pixel_auroc": pixel_auroc([p[1] for p in pairs], [p[0] for p in pairs]),
-           "aupro": aupro([p[1] for p in pairs], [p[0] for p in pairs], 0.3),
-           "image_auroc": image_auroc(labels, scores), "per_type_pixel_auroc": {}}
+    out = {
+        "pixel_auroc": pixel_auroc([p[1] for p in pairs], [p[0] for p in pairs]),
+        "aupro": aupro([p[1] for p in pairs], [p[0] for p in pairs], 0.3),
+        "image_auroc": image_auroc(labels, scores),
+        "per_type_pixel_auroc": {},
+    }
     for t in sorted(set(types) - {GOOD}):
         sel = [j for j, tt in enumerate(types) if tt in (t, GOOD)]
         out["per_type_pixel_auroc"][t] = pixel_auroc([pairs[j][1] for j in sel], [pairs[j][0] for j in sel])
     return out
 
 
-def unet_maps(feats: Features, train_idx: list[int], test_idx: list[int], epochs: int, size: int,
-              seed: int) -> list[torch.Tensor]:
+def unet_maps(
+    feats: Features, train_idx: list[int], test_idx: list[int], epochs: int, size: int, seed: int
+) -> list[torch.Tensor]:
     """A small U-Net (``defectlab.segment``) on the same labelled images + negatives, maps at input size."""
     from PIL import Image
 
     from defectlab.segment.model import SegConfig, Segmenter
 
     recs = [feats.records[i] for i in train_idx]
-    seg = Segmenter(SegConfig(encoder="small", size=size, epochs=epochs, max_good_train=None, seed=seed,
-                              num_threads=2)).fit(recs, sorted({r.defect_type for r in recs} - {GOOD}))
+    seg = Segmenter(
+        SegConfig(encoder="small", size=size, epochs=epochs, max_good_train=None, seed=seed, num_threads=2)
+    ).fit(recs, sorted({r.defect_type for r in recs} - {GOOD}))
     out = []
     for i in test_idx:
         h, w = feats.maps[i].shape
@@ -128,18 +137,29 @@ def main() -> int:
     test = parts["test"]
     defects = [i for i in test if feats.records[i].defect_type != GOOD]
     goods = [i for i in test if feats.records[i].defect_type == GOOD]
-    keys = read_groups(data.parent / "magnetic_tile_tiles.csv", data, [feats.records[i].path for i in defects])
+    keys = read_groups(
+        data.parent / "magnetic_tile_tiles.csv", data, [feats.records[i].path for i in defects]
+    )
     classes = sorted({feats.records[i].defect_type for i in defects})
     thr = det.thresholds.pixel
     rows = []
     for shots in args.shots:
         k = shots if shots == "half" else int(shots)
         for seed in args.seeds if k != 0 else [0]:
-            chosen = [defects[j] for j in draw_shots([feats.records[i] for i in defects], keys, k, seed)] if k else []
+            chosen = (
+                [defects[j] for j in draw_shots([feats.records[i] for i in defects], keys, k, seed)]
+                if k
+                else []
+            )
             test_idx = [i for i in defects if i not in set(chosen)] + goods
             row = {"shots": shots, "seed": seed, "n_train_images": len(chosen), "n_test": len(test_idx)}
-            row["detector"] = metrics(feats, test_idx, [feats.maps[i] for i in test_idx],
-                                      [feats.scores[i] for i in test_idx], args.eval_stride)
+            row["detector"] = metrics(
+                feats,
+                test_idx,
+                [feats.maps[i] for i in test_idx],
+                [feats.scores[i] for i in test_idx],
+                args.eval_stride,
+            )
             if k:
                 t0 = time.time()
                 xs, ys = training_pairs(feats, chosen + parts["negatives"], classes, thr)
@@ -147,18 +167,25 @@ def main() -> int:
                 head = Refiner(xs[0].shape[0], classes, cfg.hidden).fit(xs, ys, cfg, shots=len(chosen))
                 maps = [_refined(head, feats, i, thr) for i in test_idx]
                 row["head_fit_s"] = round(time.time() - t0, 1)
-                row["fewshot"] = metrics(feats, test_idx, maps, [float(m.max()) for m in maps], args.eval_stride)
+                row["fewshot"] = metrics(
+                    feats, test_idx, maps, [float(m.max()) for m in maps], args.eval_stride
+                )
                 if args.unet_epochs:
                     t0 = time.time()
-                    umaps = unet_maps(feats, chosen + parts["negatives"], test_idx, args.unet_epochs,
-                                      args.unet_size, seed)
+                    umaps = unet_maps(
+                        feats, chosen + parts["negatives"], test_idx, args.unet_epochs, args.unet_size, seed
+                    )
                     row["unet_s"] = round(time.time() - t0, 1)
-                    row["unet"] = metrics(feats, test_idx, umaps, [float(m.max()) for m in umaps],
-                                          args.eval_stride)
+                    row["unet"] = metrics(
+                        feats, test_idx, umaps, [float(m.max()) for m in umaps], args.eval_stride
+                    )
             rows.append(row)
-            print({m: round(row[m]["pixel_auroc"], 4) for m in ("detector", "fewshot", "unet") if m in row},
-                  {m: round(row[m]["aupro"], 4) for m in ("detector", "fewshot", "unet") if m in row},
-                  f"k={shots} seed={seed}", flush=True)
+            print(
+                {m: round(row[m]["pixel_auroc"], 4) for m in ("detector", "fewshot", "unet") if m in row},
+                {m: round(row[m]["aupro"], 4) for m in ("detector", "fewshot", "unet") if m in row},
+                f"k={shots} seed={seed}",
+                flush=True,
+            )
             write_json(args.out, result(rows, args))
     write_json(args.out, result(rows, args))
     plot(rows, Path(args.out).with_suffix(".png"))
@@ -180,21 +207,31 @@ def summarise(rows: list[dict]) -> dict:
         for m in ("detector", "fewshot", "unet"):
             if m not in sel[0]:
                 continue
-            entry[m] = {key: round(float(np.mean([r[m][key] for r in sel])), 4)
-                        for key in ("pixel_auroc", "aupro", "image_auroc")}
+            entry[m] = {
+                key: round(float(np.mean([r[m][key] for r in sel])), 4)
+                for key in ("pixel_auroc", "aupro", "image_auroc")
+            }
             entry[m]["pixel_auroc_std"] = round(float(np.std([r[m]["pixel_auroc"] for r in sel])), 4)
             entry[m]["per_type_pixel_auroc"] = {
                 t: round(float(np.mean([r[m]["per_type_pixel_auroc"][t] for r in sel])), 4)
-                for t in sel[0][m]["per_type_pixel_auroc"]}
+                for t in sel[0][m]["per_type_pixel_auroc"]
+            }
         out[shots] = entry
     return out
 
 
 def result(rows: list[dict], args: argparse.Namespace) -> dict:
-    return {"summary": summarise(rows), "runs": rows, "args": vars(args),
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                        "loadavg": list(os.getloadavg()),
-                        "note": "2-core machine shared with other work"}}
+    return {
+        "summary": summarise(rows),
+        "runs": rows,
+        "args": vars(args),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "loadavg": list(os.getloadavg()),
+            "note": "2-core machine shared with other work",
+        },
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -209,12 +246,23 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, key in zip(axes, ("pixel_auroc", "aupro"), strict=True):
         for m, style in (("detector", "k--"), ("fewshot", "o-"), ("unet", "s-")):
             xs = [i for i, k in enumerate(ks) if m in s[k] or m == "detector"]
-            ys = [s[ks[i]].get(m, s[ks[i]]["detector"] if m == "detector" else None)[key] for i in xs
-                  if m in s[ks[i]]]
+            ys = [
+                s[ks[i]].get(m, s[ks[i]]["detector"] if m == "detector" else None)[key]
+                for i in xs
+                if m in s[ks[i]]
+            ]
             xs = [i for i in xs if m in s[ks[i]]]
             if xs:
-                ax.plot(xs, ys, style, label={"detector": "good-only detector", "fewshot": "few-shot head",
-                                              "unet": "U-Net, same labels"}[m])
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    label={
+                        "detector": "good-only detector",
+                        "fewshot": "few-shot head",
+                        "unet": "U-Net, same labels",
+                    }[m],
+                )
         ax.set_xticks(range(len(ks)), [f"k={k}" for k in ks])
         ax.set_ylabel(key.replace("_", " "))
         ax.grid(alpha=0.3)

@@ -1,5 +1,6 @@
-"""Inspection bundles and the few-shot head on a synthetic dataset: verdict and type on planted defects,
-k = 0 equal to the detector, refusal of inconsistent or tampered parts, save -> load -> predict, CLI, serve."""
+"""Inspection bundles and the few-shot head on a synthetic dataset: verdict and type on planted
+defects, k = 0 equal to the detector, refusal of inconsistent or tampered parts, save -> load ->
+predict identical, CLI, serve."""
 
 from __future__ import annotations
 
@@ -17,12 +18,19 @@ from defectlab.cli import main
 from defectlab.errors import BadInputError
 from defectlab.verdict import Bundle, RefineConfig, build_bundle, load_refiner, refine_run
 
-RUN_CONFIG = {"model": "patchcore", "image_size": 128, "resize": "squash", "holdout": 0.25,
-              "options": {"coreset_ratio": 0.1}}
+RUN_CONFIG = {
+    "model": "patchcore",
+    "image_size": 128,
+    "resize": "squash",
+    "holdout": 0.25,
+    "options": {"coreset_ratio": 0.1},
+}
 
 
 @pytest.fixture(scope="module")
-def parts(synthetic_object: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> dict[str, Path]:
+def parts(
+    synthetic_object: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread
+) -> dict[str, Path]:
     """A detector run, a 2-shot head, a 0-shot head and a bundle of the detector + the 2-shot head."""
     from defectlab.anomaly.runner import RunConfig, fit_detector
     from defectlab.config import from_dict, to_dict, write_yaml
@@ -35,13 +43,21 @@ def parts(synthetic_object: Path, tmp_path_factory: pytest.TempPathFactory, one_
     refine_run(synthetic_object, run, root / "k2", RefineConfig(shots=2, steps=250))
     refine_run(synthetic_object, run, root / "k0", RefineConfig(shots=0))
     build_bundle(run, root / "bundle", refine=root / "k2")
-    return {"root": root, "run": run, "k2": root / "k2", "k0": root / "k0", "bundle": root / "bundle",
-            "data": synthetic_object}
+    return {
+        "root": root,
+        "run": run,
+        "k2": root / "k2",
+        "k0": root / "k0",
+        "bundle": root / "bundle",
+        "data": synthetic_object,
+    }
 
 
 def held_out(p: dict[str, Path]) -> list[Path]:
     used = set(json.loads((p["k2"] / "shots.json").read_text())["images"])
-    return [q for q in sorted((p["data"] / "test").rglob("*.png")) if "mask" not in q.name and str(q) not in used]
+    return [
+        q for q in sorted((p["data"] / "test").rglob("*.png")) if "mask" not in q.name and str(q) not in used
+    ]
 
 
 def test_planted_defects_get_verdict_and_type(parts: dict[str, Path]) -> None:
@@ -59,7 +75,9 @@ def test_planted_defects_get_verdict_and_type(parts: dict[str, Path]) -> None:
         r = e["regions"][0]
         x0, y0, x1, y1 = r["box"]
         assert r["mask"]["size"] == [y1 - y0, x1 - x0] and sum(r["mask"]["counts"][1::2]) == r["area"]
-        assert {"anomaly_score", "anomaly_threshold", "refined_score", "refined_threshold"} <= set(e["scores"])
+        assert {"anomaly_score", "anomaly_threshold", "refined_score", "refined_threshold"} <= set(
+            e["scores"]
+        )
 
 
 def test_zero_shots_is_the_detector_bit_for_bit(parts: dict[str, Path]) -> None:
@@ -90,7 +108,9 @@ def test_save_load_predict_identical(parts: dict[str, Path], tmp_path: Path) -> 
         assert json.dumps(x.extra, sort_keys=True) == json.dumps(y.extra, sort_keys=True)
 
 
-@pytest.mark.parametrize("part", ["refine/refine.safetensors", "anomaly/model.safetensors", "anomaly/detector.json"])
+@pytest.mark.parametrize(
+    "part", ["refine/refine.safetensors", "anomaly/model.safetensors", "anomaly/detector.json"]
+)
 def test_tampered_part_is_refused(parts: dict[str, Path], tmp_path: Path, part: str) -> None:
     copy = tmp_path / "b"
     shutil.copytree(parts["bundle"], copy)
@@ -111,10 +131,17 @@ def _edit_refine(src: Path, dst: Path, key: str, value) -> Path:  # type: ignore
     return dst
 
 
-@pytest.mark.parametrize(("key", "value", "words"), [("image_size", [96, 96], "image size"),
-                                                     ("standardize", False, "preprocessing"),
-                                                     ("resize", "letterbox", "preprocessing")])
-def test_parts_that_disagree_are_refused(parts: dict[str, Path], tmp_path: Path, key: str, value, words: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("image_size", [96, 96], "image size"),
+        ("standardize", False, "preprocessing"),
+        ("resize", "letterbox", "preprocessing"),
+    ],
+)
+def test_parts_that_disagree_are_refused(
+    parts: dict[str, Path], tmp_path: Path, key: str, value, words: str
+) -> None:  # type: ignore[no-untyped-def]
     head = _edit_refine(parts["k2"], tmp_path / "head", key, value)
     meta = json.loads((parts["run"] / "detector.json").read_text())
     if meta["preprocess"][key] == value:
@@ -134,10 +161,25 @@ def test_classes_that_disagree_are_refused(parts: dict[str, Path], tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_refine_bundle_inspect(parts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_refine_bundle_inspect(
+    parts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     bundle = tmp_path / "bundle"
-    assert main(["bundle", "build", "--anomaly-run", str(parts["run"]), "--refine", str(parts["k2"]),
-                 "--out", str(bundle)]) == 0
+    assert (
+        main(
+            [
+                "bundle",
+                "build",
+                "--anomaly-run",
+                str(parts["run"]),
+                "--refine",
+                str(parts["k2"]),
+                "--out",
+                str(bundle),
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / "incoming"
     folder.mkdir()
     for q in held_out(parts)[::4]:
@@ -152,11 +194,26 @@ def test_cli_refine_bundle_inspect(parts: dict[str, Path], tmp_path: Path, capsy
         assert (r["type"] == "") == (r["verdict"] == "good")
     # bad input: one line naming the file, exit code 2, nothing written
     capsys.readouterr()
-    assert main(["bundle", "build", "--anomaly-run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["bundle", "build", "--anomaly-run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "x").exists()
-    assert main(["refine", str(parts["data"]), "--anomaly-run", str(parts["run"]), "--shots", "99",
-                 "--out", str(tmp_path / "h")]) == 2
+    assert (
+        main(
+            [
+                "refine",
+                str(parts["data"]),
+                "--anomaly-run",
+                str(parts["run"]),
+                "--shots",
+                "99",
+                "--out",
+                str(tmp_path / "h"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "h" / "refine.json").exists()
 
 

@@ -168,10 +168,11 @@ class Detector:
                 pils.append(load_pil(im, self.preprocess.mode))
                 names.append(str(im))
         tensors = [self._transform(p, None)[0] for p in pils]
-        for name, t in zip(names, tensors):
+        for name, t in zip(names, tensors, strict=True):
             if min(t.shape[-2:]) < self.min_input_side:
-                raise BadInputError(name, f"{t.shape[-2]}x{t.shape[-1]} px after preprocessing, less than the "
-                                          f"{self.min_input_side} px per side this engine needs (use --engine torch)")
+                raise BadInputError(name, f"{t.shape[-2]}x{t.shape[-1]} px after preprocessing, less than "
+                                          f"the {self.min_input_side} px per side this engine needs "
+                                          "(use --engine torch)")
         return names, pils, tensors
 
     # -- description ----------------------------------------------------------------------------------

@@ -116,7 +116,8 @@ class PatchCore(AnomalyModel):
     @torch.inference_mode()
     def predict_embedding(self, emb: torch.Tensor, size: tuple[int, int]) -> AnomalyOutput:
         """``predict`` from patch features already computed (``_embed``) for inputs of ``size`` (H, W):
-        lets a consumer of the features (the few-shot head of ``defectlab.verdict``) share one backbone pass."""
+        lets a consumer of the features (the few-shot head of ``defectlab.verdict``) share one backbone
+        pass."""
         self._check_fitted()
         b, c, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(b, h * w, c)

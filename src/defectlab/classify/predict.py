@@ -76,8 +76,8 @@ class Predictor:
         if not hasattr(self, "setup_"):
             self.load()
         t = self.train_cfg_
-        images = torch.stack([decode_resized(p if isinstance(p, Image.Image) else str(p), t.image_size, t.resize)
-                              for p in paths])
+        images = torch.stack([decode_resized(p if isinstance(p, Image.Image) else str(p), t.image_size,
+                                             t.resize) for p in paths])
         paths = [getattr(p, "filename", "") or f"<image {i}>" if isinstance(p, Image.Image) else p
                  for i, p in enumerate(paths)]
         probs = predict_logits(self.setup_, images, batch_size=t.eval_batch_size, device=self.device_).softmax(1)

@@ -55,16 +55,20 @@ def _bundle_verdicts(data: Path, run: Path, out: Path) -> None:
     refine_run(data, run, out / "fewshot", RefineConfig(shots=2, steps=250))
     bundle = build_bundle(run, out / "bundle", refine=out / "fewshot")
     used = set(json.loads((out / "fewshot" / "shots.json").read_text())["images"])
-    tests = [p for p in sorted((data / "test").rglob("*.png")) if "mask" not in p.name and str(p) not in used]
+    tests = [p for p in sorted((data / "test").rglob("*.png"))
+             if "mask" not in p.name and str(p) not in used]
     preds = Bundle.load(bundle).predict_images(tests)
-    right = sum((p.extra["verdict"] == "ok") == (q.parent.name == "good") for p, q in zip(preds, tests, strict=True))
-    typed = [(p.extra, q.parent.name) for p, q in zip(preds, tests, strict=True) if q.parent.name != "good"]
+    pairs = list(zip(preds, tests, strict=True))
+    right = sum((p.extra["verdict"] == "ok") == (q.parent.name == "good") for p, q in pairs)
+    typed = [(p.extra, q.parent.name) for p, q in pairs if q.parent.name != "good"]
     named = sum(e["type"] == t for e, t in typed)
-    typer.echo(f"bundle {bundle}: ok/defect right on {right}/{len(tests)} unlabelled test images; defect type "
-               f"named right on {named}/{len(typed)} ({sum(e['type'] == 'unknown' for e, _ in typed)} 'unknown')")
-    for p, q in list(zip(preds, tests, strict=True))[:: max(1, len(tests) // 6)]:
+    unknown = sum(e["type"] == "unknown" for e, _ in typed)
+    typer.echo(f"bundle {bundle}: ok/defect right on {right}/{len(tests)} unlabelled test images; "
+               f"defect type named right on {named}/{len(typed)} ({unknown} 'unknown')")
+    for p, q in pairs[:: max(1, len(tests) // 6)]:
         e = p.extra
         probs = ", ".join(f"{c} {v:.2f}" for c, v in e["probabilities"].items())
         typer.echo(f"  {q.parent.name}/{q.name}: {e['verdict']}" + (f" {e['type']} ({probs}), "
                    f"{len(e['regions'])} region(s)" if e["verdict"] == "defect" else ""))
-    typer.echo(f"inspect a folder with it: defectlab inspect {bundle} FOLDER; serve it: defectlab serve {bundle}")
+    typer.echo(f"inspect a folder with it: defectlab inspect {bundle} FOLDER; "
+               f"serve it: defectlab serve {bundle}")

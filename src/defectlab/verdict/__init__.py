@@ -6,5 +6,15 @@ from defectlab.verdict.fewshot import RefineConfig, Refiner
 from defectlab.verdict.refine_run import load_refiner, refine_run
 from defectlab.verdict.rule import Verdict, VerdictRule, decide
 
-__all__ = ["Bundle", "RefineConfig", "Refiner", "Verdict", "VerdictRule", "build_bundle", "decide", "is_bundle",
-           "load_refiner", "refine_run"]
+__all__ = [
+    "Bundle",
+    "RefineConfig",
+    "Refiner",
+    "Verdict",
+    "VerdictRule",
+    "build_bundle",
+    "decide",
+    "is_bundle",
+    "load_refiner",
+    "refine_run",
+]

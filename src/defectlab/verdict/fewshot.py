@@ -52,7 +52,9 @@ def embed(det: Detector, images: torch.Tensor) -> tuple[torch.Tensor, AnomalyOut
     """One backbone pass: the detector's patch features (B, C, h, w) and its usual output."""
     model = det.model
     if not hasattr(model, "predict_embedding"):
-        raise ConfigError(f"few-shot refinement needs a patch-feature detector (patchcore), not '{det.method}'")
+        raise ConfigError(
+            f"few-shot refinement needs a patch-feature detector (patchcore), not '{det.method}'"
+        )
     with torch.inference_mode():
         emb = model._embed(images)  # noqa: SLF001 - the detector's own feature step, shared on purpose
         return emb, model.predict_embedding(emb, tuple(images.shape[-2:]))
@@ -64,8 +66,9 @@ def head_input(emb: torch.Tensor, maps: torch.Tensor, pixel_threshold: float) ->
     return torch.cat([emb.float(), prior], dim=1)
 
 
-def grid_target(mask: np.ndarray | torch.Tensor, grid_hw: tuple[int, int], type_index: int,
-                n_classes: int) -> torch.Tensor:
+def grid_target(
+    mask: np.ndarray | torch.Tensor, grid_hw: tuple[int, int], type_index: int, n_classes: int
+) -> torch.Tensor:
     """(1 + T, h, w) soft target: share of defect pixels under each patch on channel ``type_index`` (1..T),
     the rest background (channel 0). ``type_index = 0`` (a good image) gives all background."""
     m = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
@@ -93,16 +96,21 @@ class Refiner(nn.Module):
         self.in_channels, self.hidden = in_channels, hidden
         n_out = 1 + len(self.classes)
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 1), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.GELU(),
+            nn.Conv2d(in_channels, hidden, 1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2),
+            nn.GELU(),
             nn.Conv2d(hidden, n_out, 1),
         )
         self.register_buffer("mean_", torch.zeros(in_channels))
         self.register_buffer("std_", torch.ones(in_channels))
         self.register_buffer("threshold_", torch.tensor(0.5))  # refined-map threshold (set from good images)
         self.register_buffer("shots_", torch.zeros((), dtype=torch.long))
-        self.register_buffer("prototypes_", torch.zeros(len(self.classes), in_channels))  # per type, unit norm
+        self.register_buffer(
+            "prototypes_", torch.zeros(len(self.classes), in_channels)
+        )  # per type, unit norm
 
     @property
     def shots(self) -> int:
@@ -117,8 +125,14 @@ class Refiner(nn.Module):
         return self.net(self._standard(x))
 
     # -- fitting -----------------------------------------------------------------------------------------
-    def fit(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], cfg: RefineConfig,
-            *, shots: int) -> Refiner:
+    def fit(
+        self,
+        inputs: Sequence[torch.Tensor],
+        targets: Sequence[torch.Tensor],
+        cfg: RefineConfig,
+        *,
+        shots: int,
+    ) -> Refiner:
         """``inputs``: per image (C + 1, h, w) from ``head_input``; ``targets``: (1 + T, h, w) from
         ``grid_target``. Whole images, sizes may differ."""
         if len(inputs) != len(targets) or not inputs:
@@ -169,8 +183,9 @@ class Refiner(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def refine(self, emb: torch.Tensor, out: AnomalyOutput, pixel_threshold: float
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def refine(
+        self, emb: torch.Tensor, out: AnomalyOutput, pixel_threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(refined maps (B, H, W) at the input size, type probabilities (B, T, H, W) or None at k = 0)."""
         if self.shots == 0:
             return out.maps, None
@@ -179,10 +194,19 @@ class Refiner(nn.Module):
         probs = F.softmax(self(x), dim=1)
         head_types = probs[:, 1:] / probs[:, 1:].sum(1, keepdim=True).clamp_min(1e-8)
         sim = torch.einsum("bchw,tc->bthw", F.normalize(self._standard(x), dim=1), self.prototypes_)
-        types = (head_types + F.softmax(self.temperature * sim, dim=1)) / 2  # head and nearest prototype agree
-        up = F.interpolate(torch.cat([probs[:, :1], types], 1), size=size, mode="bilinear", align_corners=False)
+        types = (
+            head_types + F.softmax(self.temperature * sim, dim=1)
+        ) / 2  # head and nearest prototype agree
+        up = F.interpolate(
+            torch.cat([probs[:, :1], types], 1), size=size, mode="bilinear", align_corners=False
+        )
         return 1 - up[:, 0], up[:, 1:]
 
     def describe(self) -> dict:
-        return {"classes": self.classes, "in_channels": self.in_channels, "hidden": self.hidden,
-                "shots": self.shots, "threshold": float(self.threshold_)}
+        return {
+            "classes": self.classes,
+            "in_channels": self.in_channels,
+            "hidden": self.hidden,
+            "shots": self.shots,
+            "threshold": float(self.threshold_),
+        }

@@ -58,8 +58,9 @@ def collect(det: Detector, records: Sequence[SampleRecord], *, batch_size: int =
     return feats
 
 
-def training_pairs(feats: Features, idx: Sequence[int], classes: list[str], pixel_threshold: float
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def training_pairs(
+    feats: Features, idx: Sequence[int], classes: list[str], pixel_threshold: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     xs, ys = [], []
     for i in idx:
         x = head_input(feats.emb[i][None].float(), feats.maps[i][None], pixel_threshold)[0]
@@ -70,7 +71,9 @@ def training_pairs(feats: Features, idx: Sequence[int], classes: list[str], pixe
     return xs, ys
 
 
-def draw_shots(records: Sequence[SampleRecord], keys: Sequence[str], shots: int | str, seed: int) -> list[int]:
+def draw_shots(
+    records: Sequence[SampleRecord], keys: Sequence[str], shots: int | str, seed: int
+) -> list[int]:
     """Indices of ``shots`` groups per defect type (``"half"``: half of each type's groups, rounded up)."""
     by_type: dict[str, dict[str, list[int]]] = {}
     for i, (r, k) in enumerate(zip(records, keys, strict=True)):
@@ -82,8 +85,10 @@ def draw_shots(records: Sequence[SampleRecord], keys: Sequence[str], shots: int 
         rng.shuffle(groups)
         n = (len(groups) + 1) // 2 if shots == "half" else int(shots)
         if n > len(groups) - (1 if shots != "half" else 0) and shots != "half":
-            raise ConfigError(f"{t}: {shots} labelled parts asked for, only {len(groups)} found "
-                              "(at least one must stay out for testing)")
+            raise ConfigError(
+                f"{t}: {shots} labelled parts asked for, only {len(groups)} found "
+                "(at least one must stay out for testing)"
+            )
         for g in groups[:n]:
             picked += by_type[t][g]
     return sorted(picked)
@@ -108,20 +113,36 @@ def read_groups(csv_path: Path, root: Path, paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def refine_run(data: str | Path, anomaly_run: str | Path, out: str | Path, cfg: RefineConfig, *,
-               group_rule: str = "", groups: str | Path | None = None, half: bool = False) -> Refiner:
+def refine_run(
+    data: str | Path,
+    anomaly_run: str | Path,
+    out: str | Path,
+    cfg: RefineConfig,
+    *,
+    group_rule: str = "",
+    groups: str | Path | None = None,
+    half: bool = False,
+) -> Refiner:
     det = Detector.load(anomaly_run)
     index = open_dataset(data)
-    run_cfg = from_dict(RunConfig, load_yaml(Path(anomaly_run) / "config.yaml"), where="config.yaml") \
-        if (Path(anomaly_run) / "config.yaml").is_file() else RunConfig(data=str(data))
+    run_cfg = (
+        from_dict(RunConfig, load_yaml(Path(anomaly_run) / "config.yaml"), where="config.yaml")
+        if (Path(anomaly_run) / "config.yaml").is_file()
+        else RunConfig(data=str(data))
+    )
     fit_recs, hold_recs = split_train(index, run_cfg)
     pool = [r for r in index.records if r.defect_type != GOOD and r.mask_path is not None]
     if not pool:
         raise BadInputError(index.root, "no defect images with masks to learn from")
     classes = sorted({r.defect_type for r in pool})
-    keys = read_groups(Path(groups), index.root, [r.path for r in pool]) if groups else \
-        group_keys([r.path for r in pool], group_rule)
-    chosen = draw_shots(pool, keys, "half" if half else cfg.shots, cfg.seed) if (half or cfg.shots > 0) else []
+    keys = (
+        read_groups(Path(groups), index.root, [r.path for r in pool])
+        if groups
+        else group_keys([r.path for r in pool], group_rule)
+    )
+    chosen = (
+        draw_shots(pool, keys, "half" if half else cfg.shots, cfg.seed) if (half or cfg.shots > 0) else []
+    )
     rng = random.Random(cfg.seed)
     negatives = rng.sample(fit_recs, min(cfg.max_good, len(fit_recs)))
     probe = hold_recs or fit_recs
@@ -131,12 +152,12 @@ def refine_run(data: str | Path, anomaly_run: str | Path, out: str | Path, cfg: 
     if chosen:
         xs, ys = training_pairs(feats, range(n_train), classes, det.thresholds.pixel)
         head.fit(xs, ys, cfg, shots=cfg.shots if not half else max(1, len(chosen)))
-        maxima = [float(head.refine(feats.emb[i][None].float(),
-                                    _out(feats, i), det.thresholds.pixel)[0].max())
-                  for i in range(n_train, len(feats.records))]
+        maxima = [
+            float(head.refine(feats.emb[i][None].float(), _out(feats, i), det.thresholds.pixel)[0].max())
+            for i in range(n_train, len(feats.records))
+        ]
         head.set_threshold(maxima, cfg)
-    save_refiner(head, out, det, anomaly_run, cfg,
-                 shots_used=[str(pool[i].path) for i in chosen], half=half)
+    save_refiner(head, out, det, anomaly_run, cfg, shots_used=[str(pool[i].path) for i in chosen], half=half)
     return head
 
 
@@ -146,8 +167,16 @@ def _out(feats: Features, i: int):
     return AnomalyOutput(torch.tensor([feats.scores[i]]), feats.maps[i][None])
 
 
-def save_refiner(head: Refiner, out: str | Path, det: Detector, anomaly_run: str | Path, cfg: RefineConfig,
-                 *, shots_used: list[str], half: bool = False) -> Path:
+def save_refiner(
+    head: Refiner,
+    out: str | Path,
+    det: Detector,
+    anomaly_run: str | Path,
+    cfg: RefineConfig,
+    *,
+    shots_used: list[str],
+    half: bool = False,
+) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -158,9 +187,18 @@ def save_refiner(head: Refiner, out: str | Path, det: Detector, anomaly_run: str
         digest = sha256_file(tmp)
     det_meta = json.loads((Path(anomaly_run) / "detector.json").read_text())
     write_json(out / "shots.json", {"images": shots_used, "half": half})
-    write_json(out / REFINE_META, {"format": FORMAT, **head.describe(), "config": to_dict(cfg),
-                                   "preprocess": asdict(det.preprocess), "detector_sha256": det_meta["model_sha256"],
-                                   "model_file": REFINE_FILE, "model_sha256": digest})
+    write_json(
+        out / REFINE_META,
+        {
+            "format": FORMAT,
+            **head.describe(),
+            "config": to_dict(cfg),
+            "preprocess": asdict(det.preprocess),
+            "detector_sha256": det_meta["model_sha256"],
+            "model_file": REFINE_FILE,
+            "model_sha256": digest,
+        },
+    )
     return out
 
 
@@ -170,7 +208,9 @@ def load_refiner(folder: str | Path) -> Refiner:
     folder = Path(folder)
     meta_path = folder / REFINE_META
     if not meta_path.is_file():
-        raise BadInputError(folder, f"not a few-shot head folder (no {REFINE_META}; make one with 'defectlab refine')")
+        raise BadInputError(
+            folder, f"not a few-shot head folder (no {REFINE_META}; make one with 'defectlab refine')"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
@@ -179,7 +219,9 @@ def load_refiner(folder: str | Path) -> Refiner:
         raise BadInputError(meta_path, f"unknown few-shot head format (expected {FORMAT})")
     path = folder / meta.get("model_file", REFINE_FILE)
     if not path.is_file() or sha256_file(path) != meta.get("model_sha256"):
-        raise BadInputError(path, "missing, or checksum mismatch: the head's weights were modified; refusing them")
+        raise BadInputError(
+            path, "missing, or checksum mismatch: the head's weights were modified; refusing them"
+        )
     try:
         head = Refiner(int(meta["in_channels"]), meta["classes"], int(meta["hidden"]))
         head.load_state_dict(load_file(str(path)), strict=True)

@@ -61,8 +61,13 @@ class Verdict:
     scores: dict[str, float]  # the raw scores and thresholds behind the decision
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "type": self.type, "probabilities": self.probabilities,
-                "regions": [r.to_json() for r in self.regions], "scores": self.scores}
+        return {
+            "verdict": self.verdict,
+            "type": self.type,
+            "probabilities": self.probabilities,
+            "regions": [r.to_json() for r in self.regions],
+            "scores": self.scores,
+        }
 
 
 def rle(mask: np.ndarray) -> dict[str, Any]:
@@ -95,17 +100,29 @@ def _regions(amap: np.ndarray, threshold: float, limit: int) -> list[tuple[tuple
     return out
 
 
-def decide(*, anomaly_score: float, anomaly_threshold: float, anomaly_map: np.ndarray, pixel_threshold: float,
-           refined_map: np.ndarray | None = None, refined_threshold: float | None = None,
-           type_maps: np.ndarray | None = None, classes: list[str] | None = None,
-           classifier_probs: dict[str, float] | None = None, rule: VerdictRule = VerdictRule()) -> Verdict:
+def decide(
+    *,
+    anomaly_score: float,
+    anomaly_threshold: float,
+    anomaly_map: np.ndarray,
+    pixel_threshold: float,
+    refined_map: np.ndarray | None = None,
+    refined_threshold: float | None = None,
+    type_maps: np.ndarray | None = None,
+    classes: list[str] | None = None,
+    classifier_probs: dict[str, float] | None = None,
+    rule: VerdictRule = VerdictRule(),
+) -> Verdict:
     """Apply the rule to one image's raw outputs (maps at the image's own size; ``type_maps`` (T, H, W))."""
     classes = list(classes or [])
     gate_a = anomaly_score > anomaly_threshold
     refined_score = float(refined_map.max()) if refined_map is not None else None
     gate_r = refined_map is not None and refined_score > refined_threshold  # type: ignore[operator]
-    scores = {"anomaly_score": float(anomaly_score), "anomaly_threshold": float(anomaly_threshold),
-              "pixel_threshold": float(pixel_threshold)}
+    scores = {
+        "anomaly_score": float(anomaly_score),
+        "anomaly_threshold": float(anomaly_threshold),
+        "pixel_threshold": float(pixel_threshold),
+    }
     if refined_map is not None:
         scores |= {"refined_score": refined_score, "refined_threshold": float(refined_threshold)}  # type: ignore[arg-type]
     if not (gate_a or gate_r):

@@ -26,7 +26,7 @@ import torch
 
 from defectlab.config import to_dict, write_json
 from defectlab.segment.model import SegConfig
-from defectlab.segment.run import anomaly_test_run, fit_run, test_records, test_run
+from defectlab.segment.run import evaluate_anomaly_run, fit_run, test_records, evaluate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
@@ -95,7 +95,7 @@ def main() -> int:
         return 0
     if args.anomaly_only:  # score the anomaly run on the U-Net run's held-out images (split.json)
         out = work / f"{Path(args.anomaly_run).name}_on_{name}.json"
-        anomaly_test_run(args.anomaly_run, test_records(work / name, {}, None), out=out)
+        evaluate_anomaly_run(args.anomaly_run, test_records(work / name, {}, None), out=out)
         print(f"wrote {out}")
         return 0
     run = work / name
@@ -113,7 +113,7 @@ def main() -> int:
         fit_s = sum(h["seconds"] for h in history)
     load["after_fit"] = os.getloadavg()
     t0 = time.time()
-    unet = test_run(run, n_overlays=3)
+    unet = evaluate_run(run, n_overlays=3)
     test_s = time.time() - t0
     records = test_records(run, {}, None)
     split = json.loads((run / "split.json").read_text())
@@ -137,7 +137,7 @@ def main() -> int:
         if args.reuse and cached.is_file():
             am = json.loads(cached.read_text())
         else:
-            am = anomaly_test_run(anomaly_run, records, out=cached)
+            am = evaluate_anomaly_run(anomaly_run, records, out=cached)
         from defectlab.anomaly.detector import Detector
 
         result["anomaly"] = {"run": anomaly_run, "method": am["method"],

@@ -58,9 +58,9 @@ def test(
 
     RUN may also be an anomaly run (defectlab anomaly fit): its maps, thresholded, are scored the same
     way (RUN/localisation.json), e.g. on a U-Net run's held-out images with --split-from."""
-    from defectlab.segment.run import test_run
+    from defectlab.segment.run import evaluate_run
 
-    m = test_run(run, data, n_overlays=overlays, split_from=split_from, threshold=threshold)
+    m = evaluate_run(run, data, n_overlays=overlays, split_from=split_from, threshold=threshold)
     for dt, v in m["per_type"].items():
         typer.echo(f"{dt:>14}: IoU {v['iou']:.3f}  Dice {v['dice']:.3f}  (n={v['n']})")
     if "good" in m:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from defectlab.config import atomic_path
-
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from defectlab.config import atomic_path
 
 
 def heat_overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> np.ndarray:
@@ -33,10 +31,11 @@ def save_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray | None, a
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     h, w = amap.shape
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4 * max(0.5, min(2.0, h / max(w, 1)))))
+    fig = Figure(figsize=(12, 3.4 * max(0.5, min(2.0, h / max(w, 1)))))  # no pyplot: no global backend state
+    axes = fig.subplots(1, 4)
     panels = [("image", rgb), ("ground truth", rgb), ("anomaly map", heat_overlay(rgb, amap, vmin, vmax)),
               ("predicted", rgb)]
-    for ax, (name, im) in zip(axes, panels):
+    for ax, (name, im) in zip(axes, panels, strict=True):
         ax.imshow(im)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
@@ -47,9 +46,6 @@ def save_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray | None, a
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=80)
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     return path

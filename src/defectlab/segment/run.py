@@ -21,7 +21,7 @@ from defectlab.data.dataset import load_pair
 from defectlab.data.index import GOOD, SampleRecord
 from defectlab.data.io import is_image_file, load_pil
 from defectlab.errors import BadInputError
-from defectlab.export.instances import components, mask_box
+from defectlab.data.regions import components, mask_box
 from defectlab.export.items import open_source
 from defectlab.segment.evaluate import evaluate_maps
 from defectlab.segment.model import SegConfig, Segmenter
@@ -82,7 +82,7 @@ def is_anomaly_run(run: str | Path) -> bool:
     return (Path(run) / "detector.json").is_file()
 
 
-def anomaly_test_run(run: str | Path, records: list[SampleRecord], *, threshold: float | None = None,
+def evaluate_anomaly_run(run: str | Path, records: list[SampleRecord], *, threshold: float | None = None,
                      out: str | Path | None = None, batch_size: int = 8) -> dict[str, Any]:
     """A good-only detector's anomaly maps, thresholded at its deployable pixel threshold (or
     ``threshold``), through the same evaluation as the U-Net; written to ``RUN/localisation.json``."""
@@ -106,7 +106,7 @@ def anomaly_test_run(run: str | Path, records: list[SampleRecord], *, threshold:
     return metrics
 
 
-def test_run(run: str | Path, data: str | Path | None = None, *, n_overlays: int = 4,
+def evaluate_run(run: str | Path, data: str | Path | None = None, *, n_overlays: int = 4,
              split_from: str | Path | None = None, threshold: float | None = None,
              batch_size: int = 8) -> dict[str, Any]:
     """Evaluate a segmentation run, or an anomaly run (``detector.json``) on the same footing.
@@ -121,7 +121,7 @@ def test_run(run: str | Path, data: str | Path | None = None, *, n_overlays: int
             records = test_records(run, {}, data)
         else:
             raise BadInputError(run, "an anomaly run needs DATA or --split-from SEGMENT_RUN to test on")
-        return anomaly_test_run(run, records, threshold=threshold)
+        return evaluate_anomaly_run(run, records, threshold=threshold)
     seg, cfg = load_run(run)
     records = test_records(Path(split_from), {}, None) if split_from else test_records(run, cfg, data)
     if not records:
@@ -186,4 +186,4 @@ def predict_run(run: str | Path, images: list[Path], out: str | Path) -> list[di
     return results
 
 
-__all__ = ["fit_run", "load_run", "predict_run", "test_run"]
+__all__ = ["fit_run", "load_run", "predict_run", "evaluate_run"]

@@ -82,7 +82,7 @@ class Predictor:
                  for i, p in enumerate(paths)]
         probs = predict_logits(self.setup_, images, batch_size=t.eval_batch_size, device=self.device_).softmax(1)
         out = []
-        for path, p in zip(paths, probs.tolist()):
+        for path, p in zip(paths, probs.tolist(), strict=True):
             k = max(range(len(p)), key=p.__getitem__)
-            out.append(ClassPrediction(str(path), self.classes_[k], p[k], dict(zip(self.classes_, p))))
+            out.append(ClassPrediction(str(path), self.classes_[k], p[k], dict(zip(self.classes_, p, strict=True))))
         return out

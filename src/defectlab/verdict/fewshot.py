@@ -11,10 +11,11 @@ images as negatives (all background).
 
 k = 0 is the detector itself: ``Refiner.empty`` returns the detector's map unchanged, bit for bit.
 
-Head: 1x1 conv -> 3x3 conv -> 3x3 conv (dilation 2) -> 1x1 conv, ``hidden`` channels (a 13-patch receptive
-field on the grid, ~100 input pixels: wide enough to see across a band whose interior looks like good
-surface, as ``uneven`` on magnetic_tile). Inputs are standardised with the training inputs' channel
-mean/std (buffers). Trained with AdamW on whole images (one image per step group, sizes may differ).
+Head: 1x1 conv -> 3x3 conv -> 3x3 conv (dilation 2) -> 1x1 conv, ``hidden`` channels (7 patches of
+context on the grid, on top of the backbone's own receptive field: enough to see across a band whose
+interior looks like good surface, as ``uneven`` on magnetic_tile). Inputs are standardised with the
+training inputs' channel mean/std (buffers). Trained with AdamW on crops of the patch grid (``crop``),
+mostly around labelled defects.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class RefineConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-2
     pos_weight: float = 5.0  # weight of a fully-defect patch relative to a background patch
+    crop: int = 16  # each step sees a crop of this many patches per side (centred on a defect 70% of the time)
     max_good: int = 60  # good training images used as negatives at most
     quantile: float = 0.99  # refined threshold = this quantile of held-out good images' refined-map maxima,
     min_threshold: float = 0.5  # at least this (defect more likely than background): good maxima are often ~0
@@ -78,6 +80,20 @@ def grid_target(
     if type_index > 0:
         target[type_index] = frac
     return target
+
+
+def _crop(x: torch.Tensor, t: torch.Tensor, size: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``size`` x ``size`` window of an image's grid (all of it when smaller), around a random defect
+    patch 70% of the time when the image has one."""
+    h, w = x.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    defect = torch.nonzero(t[0] < 0.5)
+    if len(defect) and rng.random() < 0.7:
+        cy, cx = defect[rng.randrange(len(defect))].tolist()
+        y0, x0 = min(max(cy - ch // 2, 0), h - ch), min(max(cx - cw // 2, 0), w - cw)
+    else:
+        y0, x0 = rng.randint(0, h - ch), rng.randint(0, w - cw)
+    return x[:, y0:y0 + ch, x0:x0 + cw], t[:, y0:y0 + ch, x0:x0 + cw]
 
 
 class Refiner(nn.Module):
@@ -151,8 +167,8 @@ class Refiner(nn.Module):
             picks = rng.sample(order, min(cfg.batch, len(order)))
             loss = torch.zeros(())
             for i in picks:
-                logits = self(inputs[i][None])[0]
-                t = targets[i]
+                x, t = _crop(inputs[i], targets[i], cfg.crop, rng)
+                logits = self(x[None])[0]
                 weight = 1 + (cfg.pos_weight - 1) * (1 - t[0])
                 ce = -(t * F.log_softmax(logits, dim=0)).sum(0)
                 loss = loss + (weight * ce).sum() / weight.sum()

@@ -220,7 +220,8 @@ def fewshot_curve() -> Section | None:
         return None
     rows = []
     for k, e in d["summary"].items():
-        for m, name in (("detector", "good-only detector"), ("fewshot", "few-shot head"), ("unet", "U-Net, same labels")):
+        for m, name in (("detector", "good-only detector"), ("fewshot", "few-shot head"),
+                        ("unet", "U-Net, same labels")):
             if m in e and (m != "detector" or k in ("0", d["args"]["shots"][0])):
                 pt = e[m]["per_type_pixel_auroc"]
                 rows.append([k, name, f3(e[m]["pixel_auroc"]), f3(e[m]["aupro"]), f3(e[m]["image_auroc"]),

@@ -243,26 +243,12 @@ def plot(rows: list[dict], path: Path) -> None:
     s = summarise(rows)
     ks = list(s)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = {"detector": "good-only detector", "fewshot": "few-shot head", "unet": "U-Net, same labels"}
     for ax, key in zip(axes, ("pixel_auroc", "aupro"), strict=True):
         for m, style in (("detector", "k--"), ("fewshot", "o-"), ("unet", "s-")):
-            xs = [i for i, k in enumerate(ks) if m in s[k] or m == "detector"]
-            ys = [
-                s[ks[i]].get(m, s[ks[i]]["detector"] if m == "detector" else None)[key]
-                for i in xs
-                if m in s[ks[i]]
-            ]
-            xs = [i for i in xs if m in s[ks[i]]]
-            if xs:
-                ax.plot(
-                    xs,
-                    ys,
-                    style,
-                    label={
-                        "detector": "good-only detector",
-                        "fewshot": "few-shot head",
-                        "unet": "U-Net, same labels",
-                    }[m],
-                )
+            pts = [(i, s[k][m][key]) for i, k in enumerate(ks) if m in s[k]]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=names[m])
         ax.set_xticks(range(len(ks)), [f"k={k}" for k in ks])
         ax.set_ylabel(key.replace("_", " "))
         ax.grid(alpha=0.3)

@@ -207,16 +207,13 @@ class Refiner(nn.Module):
             return out.maps, None
         size = tuple(out.maps.shape[-2:])
         x = head_input(emb, out.maps, pixel_threshold)
-        probs = F.softmax(self(x), dim=1)
-        head_types = probs[:, 1:] / probs[:, 1:].sum(1, keepdim=True).clamp_min(1e-8)
+        logits = self(x)
+        defect = F.softmax(logits, dim=1)[:, 1:].sum(1, keepdim=True)  # not 1 - p(bg): no rounding to 0
+        head_types = F.softmax(logits[:, 1:], dim=1)
         sim = torch.einsum("bchw,tc->bthw", F.normalize(self._standard(x), dim=1), self.prototypes_)
-        types = (
-            head_types + F.softmax(self.temperature * sim, dim=1)
-        ) / 2  # head and nearest prototype agree
-        up = F.interpolate(
-            torch.cat([probs[:, :1], types], 1), size=size, mode="bilinear", align_corners=False
-        )
-        return 1 - up[:, 0], up[:, 1:]
+        types = (head_types + F.softmax(self.temperature * sim, dim=1)) / 2  # head and nearest prototype
+        up = F.interpolate(torch.cat([defect, types], 1), size=size, mode="bilinear", align_corners=False)
+        return up[:, 0], up[:, 1:]
 
     def describe(self) -> dict:
         return {

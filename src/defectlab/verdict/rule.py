@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from defectlab.data.regions import EIGHT  # one region = one 8-connected component, as everywhere
+
 OK, DEFECT, UNKNOWN = "ok", "defect", "unknown"
 
 
@@ -88,7 +90,7 @@ def _top(probs: dict[str, float], k: int) -> dict[str, float]:
 
 
 def _regions(amap: np.ndarray, threshold: float, limit: int) -> list[tuple[tuple, np.ndarray]]:
-    labels, n = ndimage.label(amap > threshold, structure=np.ones((3, 3), dtype=bool))
+    labels, n = ndimage.label(amap > threshold, structure=EIGHT)
     if n == 0:
         return []
     sizes = ndimage.sum_labels(np.ones_like(amap), labels, index=np.arange(1, n + 1))

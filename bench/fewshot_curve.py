@@ -43,27 +43,64 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 
 
-def load_features(det: Detector, run: Path, data: Path, cache: Path, max_good: int) -> tuple[Features, dict]:
-    """Test images, good negatives (fitted on) and held-out good images (threshold), cached."""
+def data_args(ap: argparse.ArgumentParser) -> None:
+    """The image sample shared by the few-shot and verdict benchmarks (sized for a shared 2-core CPU)."""
+    ap.add_argument("--cache", default="/tmp/verdict_runs/mt_feats.pt")
+    ap.add_argument("--max-good", type=int, default=40, help="good training images used as negatives")
+    ap.add_argument("--max-good-test", type=int, default=80, help="test/good images (all: 237)")
+    ap.add_argument("--max-holdout", type=int, default=50, help="held-out good images for the refined threshold")
+    ap.add_argument("--max-shots-per-tile", type=int, default=3, help="shots kept per defective tile")
+    ap.add_argument("--shard", default="", help="i/N: only compute and cache shard i of N of the features")
+
+
+def load_features(det: Detector, run: Path, data: Path, args: argparse.Namespace) -> tuple[Features, dict]:
+    """Test images (at most ``max_shots_per_tile`` shots per defective tile, ``max_good_test`` good ones),
+    good negatives (fitted on) and held-out good images (refined threshold); features cached in shards."""
     index = open_dataset(data)
     run_cfg = from_dict(RunConfig, load_yaml(run / "config.yaml"), where="config.yaml")
     fit_recs, hold_recs = split_train(index, run_cfg)
-    negatives = random.Random(0).sample(fit_recs, min(max_good, len(fit_recs)))
+    rng = random.Random(0)
+    negatives = rng.sample(fit_recs, min(args.max_good, len(fit_recs)))
+    holdout = rng.sample(hold_recs, min(args.max_holdout, len(hold_recs)))
     test = index.select(split="test")
-    records = test + negatives + hold_recs
+    good_test = [r for r in test if r.defect_type == GOOD]
+    good_test = rng.sample(good_test, min(args.max_good_test, len(good_test)))
+    defects = [r for r in test if r.defect_type != GOOD]
+    keys = read_groups(data.parent / "magnetic_tile_tiles.csv", data, [r.path for r in defects])
+    seen: dict[str, int] = {}
+    kept = []
+    for r, k in zip(defects, keys, strict=True):
+        seen[k] = seen.get(k, 0) + 1
+        if seen[k] <= args.max_shots_per_tile:
+            kept.append(r)
+    test = kept + good_test
+    records = test + negatives + holdout
     parts = {
         "test": list(range(len(test))),
         "negatives": list(range(len(test), len(test) + len(negatives))),
         "holdout": list(range(len(test) + len(negatives), len(records))),
     }
-    if cache.is_file():
-        blob = torch.load(cache, weights_only=False)
-        if [str(r.path) for r in blob["records"]] == [str(r.path) for r in records]:
-            return blob["features"], parts
-    t0 = time.time()
-    feats = collect(det, records)
-    print(f"features of {len(records)} images in {time.time() - t0:.0f} s", flush=True)
-    torch.save({"records": records, "features": feats}, cache)
+    cache = Path(args.cache)
+    n = int(args.shard.split("/")[1]) if args.shard else 3
+    shards = [cache.with_suffix(f".{i}of{n}.pt") for i in range(n)]
+    if args.shard:
+        i = int(args.shard.split("/")[0])
+        t0 = time.time()
+        feats = collect(det, records[i::n])
+        tmp = shards[i].with_suffix(".tmp")
+        torch.save({"records": records[i::n], "features": feats}, tmp)
+        tmp.rename(shards[i])
+        print(f"features of {len(records[i::n])} images in {time.time() - t0:.0f} s -> {shards[i]}", flush=True)
+        sys.exit(0)
+    blobs = [torch.load(s, weights_only=False) for s in shards]
+    feats = Features(list(records), [None] * len(records), [None] * len(records), [0.0] * len(records),
+                     [None] * len(records))  # type: ignore[list-item]
+    for i, blob in enumerate(blobs):
+        assert [str(r.path) for r in blob["records"]] == [str(r.path) for r in records[i::n]], "stale cache"
+        f = blob["features"]
+        for j, pos in enumerate(range(i, len(records), n)):
+            feats.emb[pos], feats.maps[pos], feats.scores[pos], feats.masks[pos] = (
+                f.emb[j], f.maps[j], f.scores[j], f.masks[j])
     return feats, parts
 
 
@@ -117,11 +154,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--anomaly-run", required=True)
-    ap.add_argument("--cache", default="/tmp/verdict_runs/mt_feats.pt")
+    data_args(ap)
     ap.add_argument("--shots", nargs="+", default=["0", "1", "5", "half"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--max-good", type=int, default=60)
     ap.add_argument("--unet-epochs", type=int, default=15, help="0: no U-Net baseline")
     ap.add_argument("--unet-size", type=int, default=128)
     ap.add_argument("--eval-stride", type=int, default=2)
@@ -133,7 +169,7 @@ def main() -> int:
         print(f"{data}: dataset not present", file=sys.stderr)
         return 2
     det = Detector.load(run)
-    feats, parts = load_features(det, run, data, Path(args.cache), args.max_good)
+    feats, parts = load_features(det, run, data, args)
     test = parts["test"]
     defects = [i for i in test if feats.records[i].defect_type != GOOD]
     goods = [i for i in test if feats.records[i].defect_type == GOOD]

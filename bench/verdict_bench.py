@@ -43,7 +43,7 @@ from defectlab.verdict.refine_run import Features, draw_shots, read_groups, save
 from defectlab.verdict.rule import VerdictRule, decide
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot_curve import DATA, ROOT, load_features  # noqa: E402
+from fewshot_curve import DATA, ROOT, data_args, load_features  # noqa: E402
 
 
 def scores_of(y: list[str], p: list[str], labels: list[str]) -> dict:
@@ -106,11 +106,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--anomaly-run", required=True)
-    ap.add_argument("--cache", default="/tmp/verdict_runs/mt_feats.pt")
+    data_args(ap)
     ap.add_argument("--shots", default="half")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--max-good", type=int, default=60)
     ap.add_argument("--min-type-probability", type=float, default=0.5)
     ap.add_argument("--latency-images", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "verdict_magnetic_tile.json"))
@@ -121,7 +120,7 @@ def main() -> int:
         print(f"{data}: dataset not present", file=sys.stderr)
         return 2
     det = Detector.load(run)
-    feats, parts = load_features(det, run, data, Path(args.cache), args.max_good)
+    feats, parts = load_features(det, run, data, args)
     test = parts["test"]
     defects = [i for i in test if feats.records[i].defect_type != GOOD]
     goods = [i for i in test if feats.records[i].defect_type == GOOD]

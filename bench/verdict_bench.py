@@ -171,6 +171,8 @@ def main() -> int:
             "c_bundle": scores_of(truth, pred_c, labels),
         }
         per_seed.append(row)
+        write_json(args.out, {"summary": _summary(per_seed), "per_seed": per_seed, "args": vars(args),
+                              "machine": "2-core machine shared with other work (CPU)"})
         print(
             seed,
             {
@@ -188,13 +190,7 @@ def main() -> int:
             lat_images = [
                 feats.records[i].path for i in test_idx[:: max(1, len(test_idx) // args.latency_images)]
             ]
-    summary = {
-        m: {
-            key: round(float(np.mean([r[m][key] for r in per_seed])), 4)
-            for key in ("balanced_accuracy", "macro_f1", "good_false_alarm_rate", "balanced_accuracy_2class")
-        }
-        for m in ("a_classifier", "b_gate", "c_bundle")
-    }
+    summary = _summary(per_seed)
     result = {
         "summary": summary,
         "per_seed": per_seed,
@@ -205,6 +201,12 @@ def main() -> int:
     write_json(args.out, result)
     print(summary, result["latency"])
     return 0
+
+
+def _summary(per_seed: list[dict]) -> dict:
+    keys = ("balanced_accuracy", "macro_f1", "good_false_alarm_rate", "balanced_accuracy_2class")
+    return {m: {k: round(float(np.mean([r[m][k] for r in per_seed])), 4) for k in keys}
+            for m in ("a_classifier", "b_gate", "c_bundle")}
 
 
 def _refine(head: Refiner, feats: Features, i: int, thr: float) -> tuple[torch.Tensor, torch.Tensor]:

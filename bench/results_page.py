@@ -235,8 +235,8 @@ def fewshot_curve() -> Section | None:
         table(["k", "map", "pixel AUROC", "AUPRO", "image AUROC",
                "per-type pixel AUROC (" + " / ".join(sorted(next(iter(d["summary"].values()))["detector"]
                                                           ["per_type_pixel_auroc"])) + ")"], rows),
-        "Mean over the seeds of which tiles are labelled; tested on the defect images of the other tiles and "
-        "all good test images; pixel metrics at the detector's input resolution pooled by "
+        "Mean over the seeds of which tiles are labelled; tested on the defect images of the other tiles (at "
+        "most 3 shots per tile) and a sample of good test images; pixel metrics at the input resolution pooled by "
         f"{a['eval_stride']}. See docs/verdict.md.")
 
 

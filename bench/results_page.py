@@ -248,16 +248,17 @@ def verdict_bench() -> Section | None:
              "c_bundle": "(c) bundle"}
     rows = [[names[m], f3(v["balanced_accuracy"]), f3(v["macro_f1"]), pct(v["good_false_alarm_rate"]),
              f3(v["balanced_accuracy_2class"])] for m, v in d["summary"].items()]
-    lat = d["latency"]
+    lat = d.get("latency")
+    latency = (f"CPU latency per image, side by side: bundle {lat['bundle_ms_median']:.0f} ms, anomaly run "
+               f"{lat['anomaly_run_ms_median']:.0f} ms (x{lat['ratio']:.2f}). ") if lat else ""
     return Section(
         "One verdict per part: magnetic_tile, 6 classes",
         f"python bench/verdict_bench.py --anomaly-run RUN --shots {d['args']['shots']}",
         "bench/results/verdict_magnetic_tile.json", d["machine"],
         table(["", "balanced accuracy (6 classes)", "macro-F1", "good false alarms", "balanced accuracy (2)"],
               rows),
-        f"Labelled tiles: {d['args']['shots']} per type; mean over seeds {d['args']['seeds']}. CPU latency per "
-        f"image, side by side: bundle {lat['bundle_ms_median']:.0f} ms, anomaly run "
-        f"{lat['anomaly_run_ms_median']:.0f} ms (x{lat['ratio']:.2f}). See docs/verdict.md.")
+        f"Labelled tiles: {d['args']['shots']} per type; mean over the seeds run: "
+        f"{[r['seed'] for r in d['per_seed']]}. {latency}See docs/verdict.md.")
 
 def soak() -> Section | None:
     d = load("soak_magnetic_tile.json")

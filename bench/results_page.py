@@ -276,6 +276,53 @@ def records() -> Section | None:
         "every stored image.")
 
 
+
+def fewshot_curve() -> Section | None:
+    d = load("fewshot_magnetic_tile.json")
+    if d is None:
+        return None
+    rows = []
+    for k, e in d["summary"].items():
+        for m, name in (("detector", "good-only detector"), ("fewshot", "few-shot head"),
+                        ("unet", "U-Net, same labels")):
+            if m in e and (m != "detector" or k in ("0", d["args"]["shots"][0])):
+                pt = e[m]["per_type_pixel_auroc"]
+                rows.append([k, name, f3(e[m]["pixel_auroc"]), f3(e[m]["aupro"]), f3(e[m]["image_auroc"]),
+                             " / ".join(f3(pt[t]) for t in sorted(pt))])
+    a = d["args"]
+    return Section(
+        "Few-shot refinement: magnetic_tile, k labelled tiles per type",
+        f"python bench/fewshot_curve.py --anomaly-run RUN --shots {' '.join(a['shots'])} "
+        f"--seeds {' '.join(map(str, a['seeds']))} --steps {a['steps']} --unet-epochs {a['unet_epochs']}",
+        "bench/results/fewshot_magnetic_tile.json", d["machine"]["note"],
+        table(["k", "map", "pixel AUROC", "AUPRO", "image AUROC",
+               "per-type pixel AUROC (" + " / ".join(sorted(next(iter(d["summary"].values()))["detector"]
+                                                          ["per_type_pixel_auroc"])) + ")"], rows),
+        "Mean over the seeds of which tiles are labelled; tested on the defect images of the other tiles (at "
+        "most 3 shots per tile) and a sample of good test images; pixel metrics at the input resolution pooled by "
+        f"{a['eval_stride']}. See docs/verdict.md.")
+
+
+def verdict_bench() -> Section | None:
+    d = load("verdict_magnetic_tile.json")
+    if d is None:
+        return None
+    names = {"a_classifier": "(a) classifier alone, with a good class", "b_gate": "(b) anomaly gate alone",
+             "c_bundle": "(c) bundle"}
+    rows = [[names[m], f3(v["balanced_accuracy"]), f3(v["macro_f1"]), pct(v["good_false_alarm_rate"]),
+             f3(v["balanced_accuracy_2class"])] for m, v in d["summary"].items()]
+    lat = d.get("latency")
+    latency = (f"CPU latency per image, side by side: bundle {lat['bundle_ms_median']:.0f} ms, anomaly run "
+               f"{lat['anomaly_run_ms_median']:.0f} ms (x{lat['ratio']:.2f}). ") if lat else ""
+    return Section(
+        "One verdict per part: magnetic_tile, 6 classes",
+        f"python bench/verdict_bench.py --anomaly-run RUN --shots {d['args']['shots']}",
+        "bench/results/verdict_magnetic_tile.json", d["machine"],
+        table(["", "balanced accuracy (6 classes)", "macro-F1", "good false alarms", "balanced accuracy (2)"],
+              rows),
+        f"Labelled tiles: {d['args']['shots']} per type; mean over the seeds run: "
+        f"{[r['seed'] for r in d['per_seed']]}. {latency}See docs/verdict.md.")
+
 def soak() -> Section | None:
     d = load("soak_magnetic_tile.json")
     if d is None:
@@ -321,6 +368,7 @@ def soak() -> Section | None:
 SECTIONS: list[Callable[[], Section | None]] = [
     anomaly_tile_split, threshold_holdout, anomalib_side_by_side, classify_neu,
     lambda: _longtail("neu"), lambda: _longtail("magnetic_tile"), segmentation, serving, soak, records,
+    fewshot_curve, verdict_bench,
 ]
 
 HEADER = """# Results

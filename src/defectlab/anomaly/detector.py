@@ -230,16 +230,7 @@ class Detector:
         is at the decoded image's size (a large file is reduced on load: ``Detector.decode``)."""
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            pils, names = [], []
-            for i, im in enumerate(chunk):
-                if isinstance(im, Image.Image):
-                    pils.append(im.convert(self.preprocess.mode))
-                    names.append(getattr(im, "filename", "") or f"<image {start + i}>")
-                else:
-                    pils.append(self.decode(im))
-                    names.append(str(im))
-            tensors = [self._tensor(p, n) for p, n in zip(pils, names, strict=True)]
+            names, pils, tensors = self.prepare(images[start:start + batch_size], start)
             scores, maps = [], []
             for run in same_size_runs([t.shape for t in tensors], batch_size):  # "native": sizes differ
                 res = self.predict_tensor(torch.stack([tensors[k] for k in run]))
@@ -256,6 +247,20 @@ class Detector:
                                       {"pixel_threshold": self.thresholds.pixel, "method": self.method,
                                        "source_size": src}))
         return out
+
+    def prepare(self, chunk: Sequence[Image.Image | str | Path], start: int = 0
+                ) -> tuple[list[str], list[Image.Image], list[torch.Tensor]]:
+        """(names, decoded images, model inputs) of PIL images or paths; ``start`` numbers unnamed images."""
+        pils, names = [], []
+        for i, im in enumerate(chunk):
+            if isinstance(im, Image.Image):
+                pils.append(im.convert(self.preprocess.mode))
+                names.append(getattr(im, "filename", "") or f"<image {start + i}>")
+            else:
+                pils.append(self.decode(im))
+                names.append(str(im))
+        tensors = [self._tensor(p, n) for p, n in zip(pils, names, strict=True)]
+        return names, pils, tensors
 
     # -- description ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

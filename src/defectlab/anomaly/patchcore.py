@@ -111,14 +111,20 @@ class PatchCore(AnomalyModel):
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
+        return self.predict_embedding(self._embed(images), tuple(images.shape[-2:]))
+
+    @torch.inference_mode()
+    def predict_embedding(self, emb: torch.Tensor, size: tuple[int, int]) -> AnomalyOutput:
+        """``predict`` from patch features already computed (``_embed``) for inputs of ``size`` (H, W):
+        lets a consumer of the features (the few-shot head of ``defectlab.verdict``) share one backbone
+        pass."""
         self._check_fitted()
-        emb = self._embed(images)
         b, c, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(b, h * w, c)
         dist, idx = nearest(queries.reshape(-1, c), self.memory_bank_, self.bank_sq_)
         patch = dist.view(b, h * w)
         scores = torch.stack([self._reweighted(queries[i], patch[i], idx.view(b, -1)[i]) for i in range(b)])
-        maps = gaussian_blur(upsample(patch.view(b, h, w), tuple(images.shape[-2:])), self.config.sigma)
+        maps = gaussian_blur(upsample(patch.view(b, h, w), size), self.config.sigma)
         return AnomalyOutput(scores.cpu(), maps.cpu())
 
     def _reweighted(self, queries: torch.Tensor, patch: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -33,9 +34,11 @@ class ImageSet:
         return len(self.labels)
 
 
-def decode_resized(path: str, size: int, resize: str = "squash") -> torch.Tensor:
-    """One image as a (3, size, size) uint8 tensor (grayscale images are replicated to 3 channels)."""
-    img = v2.functional.pil_to_tensor(load_pil(path, "RGB"))
+def decode_resized(path: str | Image.Image, size: int, resize: str = "squash") -> torch.Tensor:
+    """One image (a path or a decoded PIL image) as a (3, size, size) uint8 tensor (grayscale images are
+    replicated to 3 channels)."""
+    pil = path.convert("RGB") if isinstance(path, Image.Image) else load_pil(path, "RGB")
+    img = v2.functional.pil_to_tensor(pil)
     return v2.Compose(resize_ops(size, resize))(img)
 
 

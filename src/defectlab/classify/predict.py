@@ -87,22 +87,27 @@ class Predictor:
             self.load()
         return self.train_cfg_.input == "region"
 
-    def predict(self, paths: Sequence[str | Path], boxes: Sequence[Box | None] | None = None) -> list[ClassPrediction]:
-        """One prediction per file; ``boxes`` (one region box or None per file) guide a region attempt."""
+    def predict(self, paths: Sequence[str | Path | Image.Image],
+                boxes: Sequence[Box | None] | None = None) -> list[ClassPrediction]:
+        """One prediction per file or decoded PIL image (named by its ``filename`` or ``<image i>``);
+        ``boxes`` (one region box or None per image) guide a region attempt."""
         if not hasattr(self, "setup_"):
             self.load()
         if boxes is not None and len(boxes) != len(paths):
             raise BadInputError(self.checkpoint, f"{len(boxes)} boxes for {len(paths)} images")
         t = self.train_cfg_
+        names = [(getattr(p, "filename", "") or f"<image {i}>") if isinstance(p, Image.Image) else str(p)
+                 for i, p in enumerate(paths)]
         if t.input == "region":
             out = []
-            for i, p in enumerate(paths):
-                image = v2.functional.pil_to_tensor(load_pil(p, "RGB"))
-                pred = self.predict_regions(image, [boxes[i] if boxes is not None else None])[0]
-                out.append(ClassPrediction(str(p), pred.label, pred.probability, pred.probabilities, pred.crop))
+            for i, (p, name) in enumerate(zip(paths, names, strict=True)):
+                pil = p.convert("RGB") if isinstance(p, Image.Image) else load_pil(p, "RGB")
+                pred = self.predict_regions(v2.functional.pil_to_tensor(pil), [boxes[i] if boxes is not None else None])[0]
+                out.append(ClassPrediction(name, pred.label, pred.probability, pred.probabilities, pred.crop))
             return out
-        images = torch.stack([decode_resized(str(p), t.image_size, t.resize) for p in paths])
-        return self._predict(images, [str(p) for p in paths], [None] * len(paths))
+        images = torch.stack([decode_resized(p if isinstance(p, Image.Image) else str(p), t.image_size, t.resize)
+                              for p in paths])
+        return self._predict(images, names, [None] * len(paths))
 
     def predict_regions(self, image: torch.Tensor | Image.Image | str | Path,
                         boxes: Sequence[Box | None]) -> list[ClassPrediction]:

@@ -22,7 +22,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from defectlab.cli import anomaly, classify, data, demo, export, inspect, records, segment, serve
+    from defectlab.cli import anomaly, classify, data, demo, export, inspect, records, segment, serve, verdict
 
     app.add_typer(data.app, name="data")
     app.add_typer(classify.app, name="classify")
@@ -33,6 +33,8 @@ def _register() -> None:
     app.command("inspect")(inspect.inspect)
     app.command("serve")(serve.serve)
     app.command("demo")(demo.demo)
+    app.add_typer(verdict.app, name="bundle")
+    app.command("refine")(verdict.refine)
 
 
 _register()

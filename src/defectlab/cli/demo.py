@@ -1,7 +1,8 @@
 """``defectlab demo``: the main job on an embedded default (a synthetic dataset).
 
 synthesise a small MVTec-format set -> describe it -> fit PatchCore (ImageNet EfficientNet-Lite0, offline) on
-its good images -> test -> heatmaps and report. About a minute on a 2-core CPU.
+its good images -> test -> heatmaps and report -> a few-shot head from 2 labelled defects per type -> an
+inspection bundle -> one verdict per part on the unlabelled test images. A minute or two on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from defectlab.data.synthetic import SynthConfig, make_synthetic
 
 
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Where to write the dataset and the reports.")) -> None:
-    """Generate a synthetic dataset, describe it, fit PatchCore on its good images, test, report."""
+    """Generate a synthetic dataset, describe it, fit PatchCore on its good images, test, report, then build
+    an inspection bundle from 2 labelled defects per type and give its verdicts."""
     from defectlab.anomaly.runner import RunConfig, fit_detector, write_evaluation
     from defectlab.config import to_dict, write_yaml
     from defectlab.data.index import open_dataset
@@ -41,3 +43,32 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Where to write the da
     typer.echo(f"PatchCore: image AUROC {m.get('image_auroc', float('nan')):.3f}, pixel AUROC "
                f"{m.get('pixel_auroc', float('nan')):.3f}, AUPRO {m.get('pixel_aupro', float('nan')):.3f} "
                f"-> {run / 'report.md'}")
+    _bundle_verdicts(data, run, out)
+
+
+def _bundle_verdicts(data: Path, run: Path, out: Path) -> None:
+    """Few-shot head (2 labelled images per defect type) -> bundle -> verdicts on the other test images."""
+    import json
+
+    from defectlab.verdict import Bundle, RefineConfig, build_bundle, refine_run
+
+    refine_run(data, run, out / "fewshot", RefineConfig(shots=2, steps=250))
+    bundle = build_bundle(run, out / "bundle", refine=out / "fewshot")
+    used = set(json.loads((out / "fewshot" / "shots.json").read_text())["images"])
+    tests = [p for p in sorted((data / "test").rglob("*.png"))
+             if "mask" not in p.name and str(p) not in used]
+    preds = Bundle.load(bundle).predict_images(tests)
+    pairs = list(zip(preds, tests, strict=True))
+    right = sum((p.extra["verdict"] == "ok") == (q.parent.name == "good") for p, q in pairs)
+    typed = [(p.extra, q.parent.name) for p, q in pairs if q.parent.name != "good"]
+    named = sum(e["type"] == t for e, t in typed)
+    unknown = sum(e["type"] == "unknown" for e, _ in typed)
+    typer.echo(f"bundle {bundle}: ok/defect right on {right}/{len(tests)} unlabelled test images; "
+               f"defect type named right on {named}/{len(typed)} ({unknown} 'unknown')")
+    for p, q in pairs[:: max(1, len(tests) // 6)]:
+        e = p.extra
+        probs = ", ".join(f"{c} {v:.2f}" for c, v in e["probabilities"].items())
+        typer.echo(f"  {q.parent.name}/{q.name}: {e['verdict']}" + (f" {e['type']} ({probs}), "
+                   f"{len(e['regions'])} region(s)" if e["verdict"] == "defect" else ""))
+    typer.echo(f"inspect a folder with it: defectlab inspect {bundle} FOLDER; "
+               f"serve it: defectlab serve {bundle}")

@@ -73,7 +73,7 @@ def find_images(folder: Path, exclude: list[Path] = ()) -> list[Path]:  # type: 
     return out
 
 
-def read_done(csv_path: Path, *, retry_errors: bool = False) -> set[str]:
+def read_done(csv_path: Path, *, retry_errors: bool = False, columns: tuple[str, ...] = COLUMNS) -> set[str]:
     """Paths already listed in an existing results CSV; repairs a half-written last line."""
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
@@ -85,18 +85,18 @@ def read_done(csv_path: Path, *, retry_errors: bool = False) -> set[str]:
     foreign = BadInputError(csv_path, f"exists but is not a defectlab inspect CSV (columns {header}); "
                                       "choose another --out or delete it")
     if header is None:
-        if not ",".join(COLUMNS).encode().startswith(csv_path.read_bytes()):
+        if not ",".join(columns).encode().startswith(csv_path.read_bytes()):
             raise foreign
         atomic_write_text(csv_path, "")  # killed while writing the header: start afresh
         return set()
-    if tuple(header) != COLUMNS:
+    if tuple(header) != columns:
         raise foreign
     rows = list(csv.DictReader(io.StringIO(text)))
     if retry_errors:
         rows = [r for r in rows if r["verdict"] != "error"]
     if retry_errors or len(raw) != csv_path.stat().st_size:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(csv_path, buf.getvalue())
@@ -133,7 +133,17 @@ def _row(rel: str, pred: Prediction | None, image: Decoded | None, heatmap: str,
         "threshold": f"{pred.threshold:.6g}", "n_boxes": len(boxes), "boxes": json.dumps(boxes),
         "width": image.width if image else "", "height": image.height if image else "",
         "heatmap": heatmap, "error": "",
-    }
+    } | _verdict_fields(pred)
+
+
+def _verdict_fields(pred: Prediction) -> dict:
+    """The extra columns of an inspection bundle (``defectlab.verdict``): type, its top-3 probabilities,
+    the regions (box, score, type); empty for a plain anomaly run."""
+    if "regions" not in pred.extra:
+        return {}
+    regions = [{k: r[k] for k in ("box", "score", "type")} for r in pred.extra["regions"]]
+    return {"type": pred.extra.get("type") or "", "probabilities": json.dumps(pred.extra.get("probabilities", {})),
+            "regions": json.dumps(regions)}
 
 
 def _predict(engine: Engine, images: list[Image.Image]) -> list[Prediction | str]:
@@ -225,9 +235,10 @@ def inspect_folder(
         raise BadInputError(folder, "not a folder")
     heat_dir = Path(heatmaps) if heatmaps is not None else None
     images = find_images(folder, exclude=[heat_dir] if heat_dir else [])
-    done = read_done(out, retry_errors=retry_errors)
-    todo = [p for p in images if p.relative_to(folder).as_posix() not in done]
     model = load_engine(run, engine) if isinstance(run, (str, Path)) else run
+    columns = COLUMNS + tuple(getattr(model, "extra_columns", ()))  # a verdict bundle adds its columns
+    done = read_done(out, retry_errors=retry_errors, columns=columns)
+    todo = [p for p in images if p.relative_to(folder).as_posix() not in done]
     summary = InspectSummary(out, len(images), len(images) - len(todo), 0, 0, 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not out.exists() or out.stat().st_size == 0
@@ -243,7 +254,7 @@ def inspect_folder(
 
     with open(out, "a", newline="", encoding="utf-8") as fh, ThreadPoolExecutor(2) as pool, \
             tqdm(total=len(todo), desc="inspect", unit="img", disable=not progress) as bar:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n", restval="")
 
         def write(rows: list[dict]) -> None:
             writer.writerows(rows)

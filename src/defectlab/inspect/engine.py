@@ -25,7 +25,12 @@ class Engine(Protocol):
 
 
 def load_engine(run: str | Path, engine: str = "torch") -> Engine:
-    """Load a fitted anomaly run once (no pickle: the Detector reads state dicts + JSON)."""
+    """Load a fitted anomaly run once (no pickle: the Detector reads state dicts + JSON), or an inspection
+    bundle folder (``defectlab.verdict``: one verdict per part; its predictions' ``extra`` carries it)."""
+    from defectlab.verdict.bundle import Bundle, is_bundle  # verdict bundles
+
+    if is_bundle(run):
+        return Bundle.load(run, engine)
     if engine == "torch":
         from defectlab.anomaly.detector import Detector
 

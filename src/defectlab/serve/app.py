@@ -76,6 +76,11 @@ class InspectResult(BaseModel):
     elapsed_ms: float
     model: str  # the model's version: method and the first 12 hex digits of its sha256
     request_id: str
+    # an inspection bundle (defectlab.verdict) adds the part's verdict; None for a plain anomaly run
+    type: str | None = None  # defect type, "unknown", or None when good
+    probabilities: dict[str, float] | None = None  # top-3 type probabilities
+    regions: list[dict[str, Any]] | None = None  # box, score, area, type, probabilities, mask (RLE in its box)
+    scores: dict[str, float] | None = None  # the raw scores and thresholds behind the verdict
 
 
 class Health(BaseModel):
@@ -103,7 +108,8 @@ def result_fields(filename: str, decoded: Decoded, pred: Prediction) -> dict[str
     return {"filename": filename, "width": decoded.width, "height": decoded.height,
             "score": float(pred.score), "threshold": float(pred.threshold),
             "verdict": "defect" if pred.is_defect else "good", "is_defect": bool(pred.is_defect),
-            "boxes": [tuple(int(v) for v in b) for b in pred.boxes]}
+            "boxes": [tuple(int(v) for v in b) for b in pred.boxes],
+            **{k: pred.extra[k] for k in ("type", "probabilities", "regions", "scores") if k in pred.extra}}
 
 
 def probe_image(engine: Engine) -> Image.Image:

@@ -1,0 +1,231 @@
+"""Inspection bundles and the few-shot head on a synthetic dataset: verdict and type on planted
+defects, k = 0 equal to the detector, refusal of inconsistent or tampered parts, save -> load ->
+predict identical, CLI, serve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from defectlab.anomaly.detector import Detector
+from defectlab.cli import main
+from defectlab.errors import BadInputError
+from defectlab.verdict import Bundle, RefineConfig, build_bundle, load_refiner, refine_run
+
+RUN_CONFIG = {
+    "model": "patchcore",
+    "image_size": 128,
+    "resize": "squash",
+    "holdout": 0.25,
+    "options": {"coreset_ratio": 0.1},
+}
+
+
+@pytest.fixture(scope="module")
+def parts(
+    synthetic_object: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread
+) -> dict[str, Path]:
+    """A detector run, a 2-shot head, a 0-shot head and a bundle of the detector + the 2-shot head."""
+    from defectlab.anomaly.runner import RunConfig, fit_detector
+    from defectlab.config import from_dict, to_dict, write_yaml
+
+    root = tmp_path_factory.mktemp("verdict")
+    cfg = from_dict(RunConfig, {"data": str(synthetic_object), **RUN_CONFIG})
+    run = root / "run"
+    fit_detector(cfg).save(run)
+    write_yaml(run / "config.yaml", to_dict(cfg))
+    refine_run(synthetic_object, run, root / "k2", RefineConfig(shots=2, steps=250))
+    refine_run(synthetic_object, run, root / "k0", RefineConfig(shots=0))
+    build_bundle(run, root / "bundle", refine=root / "k2")
+    return {
+        "root": root,
+        "run": run,
+        "k2": root / "k2",
+        "k0": root / "k0",
+        "bundle": root / "bundle",
+        "data": synthetic_object,
+    }
+
+
+def held_out(p: dict[str, Path]) -> list[Path]:
+    used = set(json.loads((p["k2"] / "shots.json").read_text())["images"])
+    return [
+        q for q in sorted((p["data"] / "test").rglob("*.png")) if "mask" not in q.name and str(q) not in used
+    ]
+
+
+def test_planted_defects_get_verdict_and_type(parts: dict[str, Path]) -> None:
+    images = held_out(parts)
+    preds = Bundle.load(parts["bundle"]).predict_images(images)
+    truth = [q.parent.name for q in images]
+    verdicts = [p.extra["verdict"] for p in preds]
+    assert [v == "ok" for v in verdicts] == [t == "good" for t in truth]
+    typed = [(t, p.extra) for t, p in zip(truth, preds, strict=True) if t != "good"]
+    top1 = np.mean([max(e["probabilities"], key=e["probabilities"].get) == t for t, e in typed])
+    assert top1 >= 0.6, f"top-1 type accuracy {top1:.2f} on planted defects (chance 0.25)"
+    for t, e in typed:  # a named type is the top one; regions carry box, mask, score
+        assert e["type"] in (t, "unknown") or e["probabilities"][e["type"]] >= 0.5
+        assert len(e["probabilities"]) <= 3 and e["regions"]
+        r = e["regions"][0]
+        x0, y0, x1, y1 = r["box"]
+        assert r["mask"]["size"] == [y1 - y0, x1 - x0] and sum(r["mask"]["counts"][1::2]) == r["area"]
+        assert {"anomaly_score", "anomaly_threshold", "refined_score", "refined_threshold"} <= set(
+            e["scores"]
+        )
+
+
+def test_zero_shots_is_the_detector_bit_for_bit(parts: dict[str, Path]) -> None:
+    build_bundle(parts["run"], parts["root"] / "b0", refine=parts["k0"])
+    images = held_out(parts)[:6]
+    det = Detector.load(parts["run"]).predict_images(images)
+    b0 = Bundle.load(parts["root"] / "b0").predict_images(images)
+    for d, b in zip(det, b0, strict=True):
+        assert np.array_equal(d.anomaly_map, b.anomaly_map) and d.score == b.score
+        assert d.is_defect == b.is_defect
+    head = load_refiner(parts["k0"])
+    x = torch.rand(2, 3, 64, 64)
+    emb = torch.rand(2, head.in_channels - 1, 8, 8)
+    from defectlab.anomaly.base import AnomalyOutput
+
+    out = AnomalyOutput(torch.rand(2), torch.rand(2, 64, 64))
+    assert head.refine(emb, out, 1.0)[0] is out.maps and x.shape[0] == 2
+
+
+def test_save_load_predict_identical(parts: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "moved"
+    shutil.copytree(parts["bundle"], copy)
+    images = held_out(parts)[:8]
+    a = Bundle.load(parts["bundle"]).predict_images(images)
+    b = Bundle.load(copy).predict_images(images)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.anomaly_map, y.anomaly_map)
+        assert json.dumps(x.extra, sort_keys=True) == json.dumps(y.extra, sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    "part", ["refine/refine.safetensors", "anomaly/model.safetensors", "anomaly/detector.json"]
+)
+def test_tampered_part_is_refused(parts: dict[str, Path], tmp_path: Path, part: str) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(parts["bundle"], copy)
+    target = copy / part
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(BadInputError, match="checksum mismatch") as err:
+        Bundle.load(copy)
+    assert part.split("/")[-1] in str(err.value) and "\n" not in str(err.value)
+
+
+def _edit_refine(src: Path, dst: Path, key: str, value) -> Path:  # type: ignore[no-untyped-def]
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "refine.json").read_text())
+    meta["preprocess"][key] = value
+    (dst / "refine.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("image_size", [96, 96], "image size"),
+        ("standardize", False, "preprocessing"),
+        ("resize", "letterbox", "preprocessing"),
+    ],
+)
+def test_parts_that_disagree_are_refused(
+    parts: dict[str, Path], tmp_path: Path, key: str, value, words: str
+) -> None:  # type: ignore[no-untyped-def]
+    head = _edit_refine(parts["k2"], tmp_path / "head", key, value)
+    meta = json.loads((parts["run"] / "detector.json").read_text())
+    if meta["preprocess"][key] == value:
+        pytest.skip("the detector already has this value")
+    with pytest.raises(BadInputError, match=f"disagree on {words}") as err:
+        build_bundle(parts["run"], tmp_path / "out", refine=head)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_classes_that_disagree_are_refused(parts: dict[str, Path], tmp_path: Path) -> None:
+    cls_run = tmp_path / "cls"
+    (cls_run / "a").mkdir(parents=True)
+    torch.save({"config": {"classes": ["good", "scratch", "hole", "dent"]}}, cls_run / "a" / "best.pt")
+    with pytest.raises(BadInputError, match="disagree on classes"):
+        build_bundle(parts["run"], tmp_path / "out", refine=parts["k2"], classify_run=cls_run, attempt="a")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refine_bundle_inspect(
+    parts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bundle = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "bundle",
+                "build",
+                "--anomaly-run",
+                str(parts["run"]),
+                "--refine",
+                str(parts["k2"]),
+                "--out",
+                str(bundle),
+            ]
+        )
+        == 0
+    )
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for q in held_out(parts)[::4]:
+        shutil.copy(q, folder / f"{q.parent.name}_{q.name}")
+    out = tmp_path / "res.csv"
+    assert main(["inspect", str(bundle), str(folder), "--out", str(out)]) == 0
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and {"type", "probabilities", "regions"} <= set(rows[0])
+    for r in rows:
+        assert (r["verdict"] == "good") == r["path"].startswith("good_")
+        assert (r["type"] == "") == (r["verdict"] == "good")
+    # bad input: one line naming the file, exit code 2, nothing written
+    capsys.readouterr()
+    assert (
+        main(["bundle", "build", "--anomaly-run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "x").exists()
+    assert (
+        main(
+            [
+                "refine",
+                str(parts["data"]),
+                "--anomaly-run",
+                str(parts["run"]),
+                "--shots",
+                "99",
+                "--out",
+                str(tmp_path / "h"),
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "h" / "refine.json").exists()
+
+
+def test_serve_returns_the_verdict(parts: dict[str, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from defectlab.serve.app import create_app
+
+    client = TestClient(create_app(parts["bundle"]))
+    image = next(q for q in held_out(parts) if q.parent.name == "scratch")
+    r = client.post("/inspect", files={"file": (image.name, image.read_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["verdict"] == "defect" and body["type"] and body["regions"] and body["scores"]
+    assert client.get("/model").json()["bundle"]["classes"] == ["contamination", "crack", "hole", "scratch"]

@@ -51,7 +51,8 @@ def write_array(path: Path, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array)
     path.parent.mkdir(parents=True, exist_ok=True)
     array.tofile(path)
-    path.with_suffix(path.suffix + ".json").write_text(json.dumps({"shape": list(array.shape), "dtype": str(array.dtype)}))
+    meta = {"shape": list(array.shape), "dtype": str(array.dtype)}
+    path.with_suffix(path.suffix + ".json").write_text(json.dumps(meta))
 
 
 def array_info(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -282,16 +283,19 @@ def prepare(dataset: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any
     size = (args.image_size, args.image_size)
     tag = f"{dataset}_{args.image_size}_{args.resize}_t{len(test)}_n{len(train)}"
     cache = TMP / tag
-    facts = {"root": str(root), "n_train": len(train), "n_train_available": n_available, "n_test": len(test), "n_test_available": n_test_available,
+    facts = {"root": str(root), "n_train": len(train), "n_train_available": n_available, "n_test": len(test),
+             "n_test_available": n_test_available,
              "test_counts": {t: sum(r.defect_type == t for r in test) for t in sorted({r.defect_type for r in test})},
-             "image_size": list(size), "resize": args.resize, "train_subset": bool(args.max_train), "test_subset": bool(args.max_test)}
+             "image_size": list(size), "resize": args.resize, "train_subset": bool(args.max_train),
+             "test_subset": bool(args.max_test)}
     if (cache / "done").exists():
         return cache, facts
     transform = PairTransform(size, resize=args.resize)
     cache.mkdir(parents=True, exist_ok=True)
     for old in cache.glob("*"):  # a half-written cache from an interrupted run
         old.unlink()
-    write_array(cache / "test_boxes.i64", np.array([valid_box(r.path, size, args.resize) for r in test], dtype=np.int64))
+    boxes = np.array([valid_box(r.path, size, args.resize) for r in test], dtype=np.int64)
+    write_array(cache / "test_boxes.i64", boxes)
     reuse = _cached_test(f"{dataset}_{args.image_size}_{args.resize}_t{len(test)}_", cache)
     for split, records in (("train", train), ("test", test)):
         if split == "test" and reuse is not None:  # same test images, size and resize: link, don't redo
@@ -366,8 +370,8 @@ def evaluate(cache: Path, out: Path) -> dict[str, float]:
     scores = read_rows(out / "scores.f32", 0, 10**9)
     maps = read_rows(out / "maps.f32", 0, 10**9)
     boxes = read_rows(cache / "test_boxes.i64", 0, 10**9)  # pixel metrics inside the image, not its padding
-    crop_m = [m[t:t + h, x:x + w] for m, (t, x, h, w) in zip(masks, boxes)]
-    crop_a = [a[t:t + h, x:x + w] for a, (t, x, h, w) in zip(maps, boxes)]
+    crop_m = [m[t:t + h, x:x + w] for m, (t, x, h, w) in zip(masks, boxes, strict=True)]
+    crop_a = [a[t:t + h, x:x + w] for a, (t, x, h, w) in zip(maps, boxes, strict=True)]
     return anomaly_metrics(labels, scores, crop_m, crop_a)
 
 
@@ -375,7 +379,8 @@ RATIO_KEYS = {  # key -> ours/anomalib is better when "lower" or "higher"
     "fit_s": "lower", "fit_cpu_s": "lower", "infer_ms_per_image_batch1": "lower",
     "infer_cpu_ms_per_image_batch1": "lower", "infer_ms_per_image_batched": "lower",
     "infer_cpu_ms_per_image_batched": "lower",
-    "peak_rss_mb": "lower", "peak_rss_over_baseline_mb": "lower", "image_auroc": "higher", "pixel_auroc": "higher", "pixel_aupro": "higher",
+    "peak_rss_mb": "lower", "peak_rss_over_baseline_mb": "lower", "image_auroc": "higher", "pixel_auroc": "higher",
+    "pixel_aupro": "higher",
 }
 
 
@@ -391,7 +396,8 @@ def bench_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
               "--num-neighbours", str(args.num_neighbours), "--batch-size", str(args.batch_size),
               "--n-batch1", str(args.n_batch1), "--threads", str(args.threads), "--weights", str(weights)]
     sides: dict[str, dict[str, Any]] = {}
-    plan = [] if args.skip_ours else [("defectlab", [sys.executable, str(Path(__file__).resolve()), "--worker", "ours"])]
+    ours = [sys.executable, str(Path(__file__).resolve()), "--worker", "ours"]
+    plan = [] if args.skip_ours else [("defectlab", ours)]
     if not args.skip_anomalib:
         if not ANOMALIB_PYTHON.exists():
             raise SystemExit(f"anomalib venv missing: {ANOMALIB_PYTHON} (see bench/README.md to create it)")
@@ -404,7 +410,8 @@ def bench_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
         for stale in out.glob("*"):
             stale.unlink()
         print(f"[{dataset}] running {name} ...", flush=True)
-        run = run_side(cmd + shared + ["--out", str(out)], env, args.max_rss_gb, out.parent / f"{cache.name}_{name}.log")
+        log = out.parent / f"{cache.name}_{name}.log"
+        run = run_side(cmd + shared + ["--out", str(out)], env, args.max_rss_gb, log)
         side: dict[str, Any] = {"run": run}
         if run["returncode"] == 0 and (out / "result.json").exists():
             side.update(json.loads((out / "result.json").read_text()))

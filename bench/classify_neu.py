@@ -43,11 +43,13 @@ def main() -> None:
              "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1, "augment": "basic"}
     cfg = ExperimentConfig(
         name="neu_det_5fold", data=DataConfig(split={"folds": args.folds, "test": 0.0, "seed": 0}),
-        base={"model": {"name": "mobilenet_v2", "weights": "imagenet", "freeze": args.freeze, "dropout": 0.2}, "train": train},
+        base={"model": {"name": "mobilenet_v2", "weights": "imagenet", "freeze": args.freeze, "dropout": 0.2},
+              "train": train},
         attempts=[AttemptSpec(name="mobilenet_v2_imagenet")])
     load0, t0 = os.getloadavg(), time.time()
     row = run_experiment(cfg, args.out, index=index)[0]
-    folds = [json.loads((args.out / row["attempt"] / f"fold{k}" / "result.json").read_text()) for k in range(args.folds)]
+    folds = [json.loads((args.out / row["attempt"] / f"fold{k}" / "result.json").read_text())
+             for k in range(args.folds)]
     result = {
         "command": f"bench/classify_neu.py --size {args.size} --epochs {args.epochs} --freeze {args.freeze} "
                    f"--threads {args.threads}",

@@ -136,8 +136,8 @@ def run_seed(dataset: str, feats: dict, seed: int, methods: list[str]) -> dict:
     assert not torch.isnan(views).any()
     test_x, test_y = feats["clean"][test_idx], feats["labels"][test_idx].numpy()
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
-    out: dict = {"train_counts": dict(zip(classes, counts)),
-                 "test_counts": dict(zip(classes, np.bincount(test_y, minlength=len(classes)).tolist())),
+    out: dict = {"train_counts": dict(zip(classes, counts, strict=True)),
+                 "test_counts": dict(zip(classes, np.bincount(test_y, minlength=len(classes)).tolist(), strict=True)),
                  "methods": {}}
     for name in methods:
         spec = dict(SPECS[name])
@@ -162,7 +162,8 @@ def run_seed(dataset: str, feats: dict, seed: int, methods: list[str]) -> dict:
         recall = {classes[int(c)]: m["per_class"][c]["recall"] for c in m["per_class"]}
         out["methods"][name] = {"balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
                                 "accuracy": m["accuracy"], "shot_accuracy": m["shot_accuracy"],
-                                "per_class_recall": recall, "never_predicted": [classes[c] for c in m["never_predicted"]],
+                                "per_class_recall": recall,
+                                "never_predicted": [classes[c] for c in m["never_predicted"]],
                                 "seconds": secs, **extra}
         print(f"  seed {seed} {name:24s} BA {m['balanced_accuracy']:.3f} F1 {m['macro_f1']:.3f} "
               f"shots {m['shot_accuracy']} ({secs:.1f}s)", flush=True)
@@ -202,7 +203,7 @@ def plot(summary: dict, train_counts: dict[str, int], path: Path, title: str) ->
         ax.plot(x, y, marker="o", lw=lw, ls=ls, color=color, label=label, alpha=0.9)
     ax.set_xscale("log")
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{c}\n({n})" for c, n in zip(classes, x)], fontsize=7)
+    ax.set_xticklabels([f"{c}\n({n})" for c, n in zip(classes, x, strict=True)], fontsize=7)
     ax.set_xlabel("class (training images, log scale)")
     ax.set_ylabel("test recall (mean of 3 seeds)")
     ax.set_ylim(-0.02, 1.02)

@@ -7,7 +7,7 @@ Raw layer maps of all train/test images are extracted once per (backbone, size, 
 ``$SWEEP_CACHE`` (default /tmp/defectlab_sweep); a run then only aggregates, builds the coreset (1%, the
 library's ``StreamingCoreset``), scores and evaluates. Scores are the plain maximum of the patch distances
 (no re-weighting) and pixel metrics are taken on the letterbox content at half the input resolution, so the
-numbers are for ranking recipes: the library's own figures come from ``bench/patchcore_magnetic_tile.py``
+numbers are for ranking recipes: the library's own figures come from ``bench/anomaly_default.py``
 (re-weighted score, maps at each image's original size), which runs about 0.03 lower in pixel AUROC.
 Per defect type it also prints how its defect pixels separate from good images' pixels, from the rest of
 their own images and from the defect-free area of the other defective images, and how close each test image's
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
             masks.append(F.interpolate(m, size=(nh, nw), mode="nearest")[0, 0].numpy() > 0.5)
     labels, types, scores = np.array([m[1] for m in meta]), [m[2] for m in meta], np.array(scores)
     result = {"config": vars(args), "image_auroc": auroc(labels, scores),
-              "pixel_auroc": auroc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])),
+              "pixel_auroc": auroc(np.concatenate([m.ravel() for m in masks]),
+                                   np.concatenate([m.ravel() for m in maps])),
               "per_type": {}, "bank": list(bank.shape)}
     def separation(pos: list[np.ndarray], neg: list[np.ndarray]) -> float:
         p, n = np.concatenate(pos), np.concatenate(neg)
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace) -> dict:
 
     good_idx = [i for i, x in enumerate(types) if x == "good"]
     good = [maps[i].ravel() for i in good_idx]
-    pooled = {k: F.normalize(v[args.layers[-1]].float().mean((2, 3)), dim=1) for k, v in (("train", train), ("test", test))}
+    pooled = {k: F.normalize(v[args.layers[-1]].float().mean((2, 3)), dim=1)
+              for k, v in (("train", train), ("test", test))}
     nearest_cos = (pooled["test"] @ pooled["train"].T).max(1).values.numpy()
     result["good_nearest_train_cosine"] = float(np.median(nearest_cos[good_idx]))
     n_defect_px = sum(int(m.sum()) for m in masks)
@@ -147,11 +149,11 @@ def uneven_figure(path: str, paths: list[str], types: list[str], maps: list, mas
     chosen = [i for i, t in enumerate(types) if t == "uneven"][::13][:7]
     low, high = np.percentile(np.concatenate(good), [50, 99])
     fig, axes = plt.subplots(2, len(chosen), figsize=(2.6 * len(chosen), 6.5))
-    for col, i in zip(axes.T, chosen):
+    for col, i in zip(axes.T, chosen, strict=False):
         h, w = maps[i].shape
         col[0].imshow(np.asarray(Image.open(paths[i]).convert("L").resize((w, h))), cmap="gray")
         col[1].imshow(maps[i], cmap="jet", vmin=low, vmax=1.5 * high)
-        for ax, colour in zip(col, ("r", "w")):
+        for ax, colour in zip(col, ("r", "w"), strict=False):
             ax.contour(masks[i], levels=[0.5], colors=colour, linewidths=0.8)
             ax.axis("off")
         col[0].set_title(Path(paths[i]).name, fontsize=8)

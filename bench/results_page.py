@@ -130,7 +130,8 @@ def classify_neu() -> Section | None:
     if d is None:
         return None
     tr = d["train"]
-    rows = [[f"{d['model']} ({d['weights']}, {d['freeze']} stages frozen), {tr['image_size']} px, {tr['epochs']} epochs",
+    model = f"{d['model']} ({d['weights']}, {d['freeze']} stages frozen), {tr['image_size']} px, {tr['epochs']} epochs"
+    rows = [[model,
              f"{100 * d['test_acc_mean']:.2f} ± {100 * d['test_acc_std']:.2f}", pct(d["balanced_acc_mean"], 2),
              pct(d["macro_f1_mean"], 2), f"{d['infer_ms_per_image']:.0f}"]]
     return Section(

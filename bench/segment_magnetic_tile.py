@@ -26,7 +26,7 @@ import torch
 
 from defectlab.config import to_dict, write_json
 from defectlab.segment.model import SegConfig
-from defectlab.segment.run import evaluate_anomaly_run, fit_run, test_records, evaluate_run
+from defectlab.segment.run import evaluate_anomaly_run, evaluate_run, fit_run, test_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"

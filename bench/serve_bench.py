@@ -240,7 +240,8 @@ def main() -> None:
             scores[engine] = sc
             print(rnd, key, res, flush=True)
     common = scores["torch"].keys() & scores["onnx"].keys()
-    result["inspect"]["max_abs_score_diff_torch_onnx"] = max(abs(scores["torch"][k] - scores["onnx"][k]) for k in common)
+    diff = max(abs(scores["torch"][k] - scores["onnx"][k]) for k in common)
+    result["inspect"]["max_abs_score_diff_torch_onnx"] = diff
     result["serve"] = bench_servers(run, folder, args.requests)
     result["loadavg_end"] = os.getloadavg()
     out = RESULTS / f"serve_{args.dataset}.json"

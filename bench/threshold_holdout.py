@@ -4,11 +4,11 @@
 
 The deployable threshold is the 0.99 quantile of held-out good images' scores (``RunConfig.holdout``), so
 it should give about 1% false alarms on new good parts. magnetic_tile shows every tile six times; split by
-tile (``magnetic_tile_split``, every 4th good tile to test, as ``SPLIT=tiles`` in
-patchcore_magnetic_tile.py), the training tiles are fitted on except a 10% hold-out that is either random
-shots (other shots of the same tiles stay in the fit: what a random hold-out does when file names do not say
-which images show one part) or whole tiles (all their shots: ``--holdout-group``). Each threshold is then
-applied to the good images of the unseen test tiles (false alarms) and to the defective images (flagged).
+tile (``magnetic_tile_split``, every 4th good tile to test), the training tiles are fitted on except a 10%
+hold-out that is either random shots (other shots of the same tiles stay in the fit: what a random hold-out
+does when file names do not say which images show one part) or whole tiles (all their shots:
+``--holdout-group``). Each threshold is then applied to the good images of the unseen test tiles (false
+alarms) and to the defective images (flagged).
 
 Default PatchCore recipe on the sweep's cached features (``patchcore_sweep.extract``: efficientnet_lite0
 ``_blocks.4`` + ``_blocks.10``, letterbox 256, intensity standardisation, 1% coreset); image score = plain
@@ -22,11 +22,11 @@ import os
 
 import numpy as np
 import torch
+from magnetic_tile_split import test_tiles, tile_of
+from patchcore_sweep import HERE, embed, extract
 
 from defectlab.anomaly.coreset import StreamingCoreset
 from defectlab.anomaly.patchcore import nearest
-from magnetic_tile_split import test_tiles, tile_of
-from patchcore_sweep import HERE, embed, extract
 
 LAYERS = ["_blocks.4", "_blocks.10"]
 
@@ -81,7 +81,8 @@ def main() -> None:
             thr = float(np.quantile(s_held, args.quantile))
             run = {"seed": seed, "holdout": mode, "n_held": len(held_out), "threshold": thr,
                    "held_median": float(np.median(s_held)), "new_good_median": float(np.median(s_good)),
-                   "false_alarms_new_tiles": float(np.mean(s_good > thr)), "defects_flagged": float(np.mean(s_def > thr))}
+                   "false_alarms_new_tiles": float(np.mean(s_good > thr)),
+                   "defects_flagged": float(np.mean(s_def > thr))}
             runs.append(run)
             print(json.dumps(run), flush=True)
     summary = {mode: {k: float(np.mean([r[k] for r in runs if r["holdout"] == mode]))

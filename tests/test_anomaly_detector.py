@@ -15,8 +15,8 @@ from defectlab.anomaly.detector import META_FILE, MODEL_FILE, Detector, boxes_fr
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.anomaly.runner import RunConfig, fit_detector, split_train
 from defectlab.cli import main
-from defectlab.data.transforms import STD_MEAN, STD_SCALE, PairTransform, standardize_intensity
 from defectlab.data.index import DatasetIndex, SampleRecord
+from defectlab.data.transforms import STD_MEAN, STD_SCALE, PairTransform, standardize_intensity
 from defectlab.errors import BadInputError, ConfigError
 
 
@@ -172,7 +172,8 @@ def test_holdout_group_holds_out_whole_parts() -> None:
         assert not {part(r) for r in fit} & {part(r) for r in held}
     fit, held = split_train(index, RunConfig(holdout=0.1, holdout_group="none"))  # single shots: parts on both sides
     assert len(held) == 12 and {part(r) for r in fit} & {part(r) for r in held}
-    odd = DatasetIndex(Path("/data"), "parts", "mvtec", index.records + [SampleRecord(Path("/data/x.png"), "train", "good")])
+    extra = SampleRecord(Path("/data/x.png"), "train", "good")
+    odd = DatasetIndex(Path("/data"), "parts", "mvtec", index.records + [extra])
     with pytest.raises(BadInputError, match=r"x\.png.*does not match the group rule"):
         split_train(odd, RunConfig(holdout_group=r"^(part\d+)_"))
     with pytest.raises(ConfigError, match="not a regular expression"):

@@ -60,7 +60,8 @@ def test_save_load_predict_identical(fitted, synthetic_object: Path) -> None:
     loaded = Detector.load(run)
     after = loaded.predict_images(files)
     assert [p.score for p in before] == [p.score for p in after]
-    assert all(np.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-6) for a, b in zip(before, after))
+    assert all(np.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-6)
+               for a, b in zip(before, after, strict=True))
     assert loaded.info()["thresholds"] == det.info()["thresholds"]
 
 

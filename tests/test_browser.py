@@ -125,7 +125,8 @@ def test_page_upload_shows_verdict_and_heatmap(browser: WebDriver, synthetic_obj
         browser.s("POST", f"/element/{upload}/value", {"text": str(path)})
         shown = _wait(browser, "const v = document.getElementById('verdict').dataset.verdict; "
                                "const h = document.getElementById('heatmap'); "
-                               "return v && h.complete && h.naturalWidth > 0 ? [v, h.naturalWidth, h.naturalHeight] : null")
+                               "return v && h.complete && h.naturalWidth > 0 "
+                               "? [v, h.naturalWidth, h.naturalHeight] : null")
         assert shown == [verdict, 128, 128]
         assert browser.js("return document.getElementById('verdict').textContent") == verdict.upper()
         assert browser.js("return getComputedStyle(document.getElementById('result')).display") == "flex"

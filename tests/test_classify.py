@@ -54,7 +54,8 @@ def test_every_model_trains_an_epoch_and_loss_goes_down_on_a_fixed_batch(name: s
     recs = [r for r in open_dataset(tiny).records if r.split == "test"][::5]  # 4 images, all 3 classes
     classes = ["good", "hole", "scratch"]
     data = cache_images(recs, {c: i for i, c in enumerate(classes)}, size=SIZE)
-    lr = 1e-5 if name == "vit_b_16" else 1e-3  # a ViT from random init needs a small step (Adam moves every weight by ~lr)
+    # a ViT from random init needs a small step (Adam moves every weight by ~lr)
+    lr = 1e-5 if name == "vit_b_16" else 1e-3
     cfg = TrainConfig(epochs=1, batch_size=len(recs), image_size=SIZE, lr=lr)
     trainer = Trainer(ModelConfig(name=name), cfg, classes, tmp_path / name, progress=False).fit(data, data)
     assert len(trainer.history_) == 1 and math.isfinite(trainer.history_[0]["train_loss"])
@@ -229,7 +230,8 @@ def _manifest(tmp_path: Path, tiny: Path, *, drop_val_of: str | None = None, mis
 def test_manifest_errors_name_the_problem(tiny: Path, tmp_path: Path) -> None:
     def exp_for(manifest: Path) -> object:
         path = tmp_path / "m.yaml"
-        path.write_text(yaml.safe_dump({"data": {"manifest": str(manifest)}, "base": {"train": {"epochs": 1, "image_size": SIZE}},
+        path.write_text(yaml.safe_dump({"data": {"manifest": str(manifest)},
+                                        "base": {"train": {"epochs": 1, "image_size": SIZE}},
                                         "attempts": ["only"]}))
         return load_experiment(path)
 

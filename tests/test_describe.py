@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import shared_dataset
 from PIL import Image
 
 from defectlab.cli import main as cli_main
@@ -16,6 +15,7 @@ from defectlab.data.index import open_dataset
 from defectlab.data.io import load_mask
 from defectlab.data.synthetic import SynthConfig, make_synthetic, make_synthetic_root
 from defectlab.errors import BadInputError
+from tests.conftest import shared_dataset
 
 
 def test_synthetic_counts_sizes_coverage_and_imbalance(synthetic_object: Path) -> None:
@@ -78,7 +78,9 @@ def _save(path: Path, arr: np.ndarray, mode: str | None = None, **kw: object) ->
 def _mixed_folder(root: Path) -> Path:
     """good/ and dent/ with PNG/JPEG/BMP, RGB/L/RGBA/P/16-bit, different sizes, odd masks."""
     rng = np.random.default_rng(0)
-    rgb = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    def rgb(h: int, w: int) -> np.ndarray:
+        return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
     _save(root / "good" / "a.png", rgb(40, 60))
     _save(root / "good" / "b.jpg", rgb(50, 50), "L", quality=90)
     _save(root / "good" / "c.bmp", rgb(30, 90))

@@ -15,10 +15,25 @@ from scipy import ndimage
 from defectlab.cli import main
 from defectlab.data.index import open_dataset
 from defectlab.errors import BadInputError
-from defectlab.export import (ExportOptions, collect, export_coco, export_sam, export_voc, export_yolo,
-                              import_voc, read_yolo)
-from defectlab.export.instances import (components, mask_box, mask_instances, mask_to_polygons, mask_to_rle,
-                                        polygons_to_mask, rle_to_mask)
+from defectlab.export import (
+    ExportOptions,
+    collect,
+    export_coco,
+    export_sam,
+    export_voc,
+    export_yolo,
+    import_voc,
+    read_yolo,
+)
+from defectlab.export.instances import (
+    components,
+    mask_box,
+    mask_instances,
+    mask_to_polygons,
+    mask_to_rle,
+    polygons_to_mask,
+    rle_to_mask,
+)
 from defectlab.export.sam import interior_point
 from defectlab.export.voc import parse_voc
 from tests.conftest import shared_dataset
@@ -153,7 +168,7 @@ def test_yolo_labels_normalised_and_consistent(items, tmp_path: Path) -> None:
         for it in its:
             lines = (out / "labels" / it.split / (Path(it.name).stem + ".txt")).read_text().splitlines()
             assert len(lines) == len(it.instances)
-            for line, inst in zip(lines, it.instances):
+            for line, inst in zip(lines, it.instances, strict=True):
                 vals = np.array(line.split()[1:], dtype=float)
                 assert cats[int(line.split()[0])] == inst.category
                 assert ((vals >= 0) & (vals <= 1)).all()

@@ -12,8 +12,17 @@ from torch import nn
 
 from defectlab.errors import ConfigError
 from defectlab.imbalance import (
-    LOSSES, METHODS, SAMPLERS, DeepSMOTE, balanced_contrastive_loss, build_method, build_sampler,
-    expected_class_probs, groups_by_count, posthoc_logit_adjust, smote_features,
+    LOSSES,
+    METHODS,
+    SAMPLERS,
+    DeepSMOTE,
+    balanced_contrastive_loss,
+    build_method,
+    build_sampler,
+    expected_class_probs,
+    groups_by_count,
+    posthoc_logit_adjust,
+    smote_features,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,7 +47,7 @@ def _loss(name: str, **params: object) -> float:
 
 
 def test_ce_hand() -> None:
-    want = sum(_nll(z, y) for z, y in zip(Z, Y)) / 4
+    want = sum(_nll(z, y) for z, y in zip(Z, Y, strict=True)) / 4
     assert _loss("ce") == pytest.approx(want, rel=1e-5)
 
 
@@ -47,19 +56,19 @@ def test_weighted_ce_hand() -> None:
     raw = [0.01, 0.05, 0.25]
     w = [r / (sum(raw) / 3) for r in raw]
     assert w[2] == pytest.approx(2.41935, rel=1e-4)
-    want = sum(w[y] * _nll(z, y) for z, y in zip(Z, Y)) / sum(w[y] for y in Y)
+    want = sum(w[y] * _nll(z, y) for z, y in zip(Z, Y, strict=True)) / sum(w[y] for y in Y)
     assert _loss("weighted_ce") == pytest.approx(want, rel=1e-5)
     # power 0.5: w ∝ 1/sqrt(n)
     raw = [1 / 10, 1 / math.sqrt(20), 1 / 2]
     w = [r / (sum(raw) / 3) for r in raw]
-    want = sum(w[y] * _nll(z, y) for z, y in zip(Z, Y)) / sum(w[y] for y in Y)
+    want = sum(w[y] * _nll(z, y) for z, y in zip(Z, Y, strict=True)) / sum(w[y] for y in Y)
     assert _loss("weighted_ce", power=0.5) == pytest.approx(want, rel=1e-5)
 
 
 def test_focal_hand() -> None:
     def fl(gamma: float, alpha: list[float] | None) -> float:
         total = 0.0
-        for z, y in zip(Z, Y):
+        for z, y in zip(Z, Y, strict=True):
             p = math.exp(z[y] - _lse(z))
             total += -(alpha[y] if alpha else 1.0) * (1 - p) ** gamma * math.log(p)
         return total / 4
@@ -78,10 +87,10 @@ def test_class_balanced_hand() -> None:
     assert eff[0] == pytest.approx(63.3968, rel=1e-4)
     raw = [1 / e for e in eff]
     w = [r / sum(raw) * 3 for r in raw]
-    want_ce = sum(w[y] * _nll(z, y) for z, y in zip(Z, Y)) / 4
+    want_ce = sum(w[y] * _nll(z, y) for z, y in zip(Z, Y, strict=True)) / 4
     assert _loss("cb", beta=beta) == pytest.approx(want_ce, rel=1e-5)
     want_focal = 0.0
-    for z, y in zip(Z, Y):
+    for z, y in zip(Z, Y, strict=True):
         p = math.exp(z[y] - _lse(z))
         want_focal += -w[y] * (1 - p) * math.log(p)
     assert _loss("cb", beta=beta, base="focal", gamma=1.0) == pytest.approx(want_focal / 4, rel=1e-5)
@@ -89,7 +98,7 @@ def test_class_balanced_hand() -> None:
 
 def test_balanced_softmax_and_logit_adjusted_hand() -> None:
     def shifted(offset: list[float]) -> float:
-        return sum(_nll([a + o for a, o in zip(z, offset)], y) for z, y in zip(Z, Y)) / 4
+        return sum(_nll([a + o for a, o in zip(z, offset, strict=True)], y) for z, y in zip(Z, Y, strict=True)) / 4
 
     assert _loss("balanced_softmax") == pytest.approx(shifted([math.log(n) for n in COUNTS]), rel=1e-5)
     pi = [n / 124 for n in COUNTS]
@@ -184,7 +193,7 @@ def plain_rare() -> list[float]:
 def test_method_beats_ce_on_rarest_class(name: str, params: dict, plain_rare: list[float]) -> None:
     rare = [_rare_recall(name, params, s) for s in range(3)]
     assert np.mean(rare) > np.mean(plain_rare) + 0.2, (rare, plain_rare)
-    assert all(r > p for r, p in zip(rare, plain_rare)), (rare, plain_rare)
+    assert all(r > p for r, p in zip(rare, plain_rare, strict=True)), (rare, plain_rare)
 
 
 def _reference_bscl(emb: torch.Tensor, targets: torch.Tensor, protos: torch.Tensor, t: float) -> float:

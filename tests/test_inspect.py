@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_inspect_fixtures import copy_images, detector, fitted_run, sample_images
 
 from defectlab.cli import main
 from defectlab.errors import BadInputError
 from defectlab.inspect import COLUMNS, inspect_folder
+from tests.test_inspect_fixtures import copy_images, detector, fitted_run, sample_images
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import pytest
 
 _CACHE: dict[str, object] = {}
 
-# 64 px, the default backbone (ImageNet EfficientNet-Lite0), 10% coreset; a quarter of train/good held out for the deployable threshold.
+# 64 px, the default backbone (ImageNet EfficientNet-Lite0), 10% coreset; a quarter of train/good held out for the
+# deployable threshold.
 RUN_CONFIG = {"model": "patchcore", "image_size": 64, "resize": "squash", "holdout": 0.25,
               "options": {"coreset_ratio": 0.1}}
 

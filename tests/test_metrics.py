@@ -13,10 +13,10 @@ from defectlab.metrics import (
     MetricInputError,
     accuracy,
     anomaly_metrics,
-    background_auroc,
     aupro,
     auroc,
     average_precision,
+    background_auroc,
     balanced_accuracy,
     binary_dice,
     binary_iou,
@@ -302,7 +302,7 @@ def test_binary_iou_dice_match_sklearn_and_conventions() -> None:
     target = rng.random((4, 16, 16)) < 0.3
     assert binary_iou(pred, target) == pytest.approx(skm.jaccard_score(target.ravel(), pred.ravel()), abs=TOL)
     assert binary_dice(pred, target) == pytest.approx(skm.f1_score(target.ravel(), pred.ravel()), abs=TOL)
-    per_img = np.mean([skm.jaccard_score(t.ravel(), p.ravel()) for p, t in zip(pred, target)])
+    per_img = np.mean([skm.jaccard_score(t.ravel(), p.ravel()) for p, t in zip(pred, target, strict=True)])
     assert binary_iou(pred, target, per_image=True) == pytest.approx(per_img, abs=TOL)
     scores = rng.random((16, 16))
     assert binary_iou(scores, target[0], threshold=0.7) == pytest.approx(binary_iou(scores > 0.7, target[0]))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from defectlab.anomaly import build_model
 from defectlab.anomaly.detector import Detector, same_size_runs
-from defectlab.anomaly.runner import RunConfig, evaluation_records, evaluate, fit_detector, resolve_resize
+from defectlab.anomaly.runner import RunConfig, evaluate, evaluation_records, fit_detector, resolve_resize
 from defectlab.data.index import open_dataset
 from defectlab.errors import BadInputError, ConfigError
 from defectlab.export.onnx import OnnxDetector, export_onnx
@@ -78,7 +78,7 @@ def test_batched_equals_one_by_one_and_onnx_equals_torch_at_every_size(native_ru
     batched = det.predict_images(paths, batch_size=9)
     single = [det.predict_images([p], batch_size=1)[0] for p in paths]
     onnx = OnnxDetector.load(native_run).predict_images(paths, batch_size=9)
-    for a, b, c in zip(batched, single, onnx):
+    for a, b, c in zip(batched, single, onnx, strict=True):
         assert a.score == pytest.approx(b.score, rel=1e-5)
         assert c.score == pytest.approx(a.score, rel=1e-5)
         np.testing.assert_allclose(c.anomaly_map, a.anomaly_map, rtol=1e-5, atol=1e-4)

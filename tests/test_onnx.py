@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tests.test_inspect_fixtures import detector, fitted_run
 
 from defectlab.cli import main
 from defectlab.errors import BadInputError
 from defectlab.export.onnx import OnnxDetector, export_onnx
 from defectlab.inspect import load_engine
+from tests.test_inspect_fixtures import detector, fitted_run
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_onnx_scores_equal_torch(run: Path, synthetic_object: Path) -> None:
     os_ = np.array([p.score for p in onnx_preds])
     np.testing.assert_allclose(os_, ts, rtol=1e-5)  # float32 sums in another order
     assert [p.is_defect for p in torch_preds] == [p.is_defect for p in onnx_preds]
-    for a, b in zip(torch_preds, onnx_preds):
+    for a, b in zip(torch_preds, onnx_preds, strict=True):
         np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=1e-5, atol=1e-4)
     assert onnx_det.info()["onnx"]["scorer"]["file"] == "scorer.onnx"
 

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_inspect_fixtures import cli_server, detector, fitted_run, live_server, sample_images
 
 from defectlab.serve import ServeConfig, create_app
+from tests.test_inspect_fixtures import cli_server, detector, fitted_run, live_server, sample_images
 
 KEY = "s3cret-test-key"
 LIMITS = ServeConfig(api_key=KEY, max_upload_mb=0.25, max_pixels=600_000)

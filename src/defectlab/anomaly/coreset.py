@@ -129,4 +129,4 @@ class StreamingCoreset:
         sizes = [math.floor(frac * len(p)) for p in parts]
         for i in range(k - sum(sizes)):
             sizes[i % len(sizes)] += 1
-        return torch.cat([self._reduce(p, n) for p, n in zip(parts, sizes)])
+        return torch.cat([self._reduce(p, n) for p, n in zip(parts, sizes, strict=True)])

@@ -329,7 +329,8 @@ class Detector:
         digest = sha256_file(model_path)
         if digest != meta.get("model_sha256"):
             raise BadInputError(model_path, "checksum mismatch: the model file was modified or truncated "
-                                            f"(sha256 {digest[:12]}..., expected {str(meta.get('model_sha256'))[:12]}...)"
+                                            f"(sha256 {digest[:12]}..., "
+                                            f"expected {str(meta.get('model_sha256'))[:12]}...)"
                                             "; refusing to load it")
         try:
             state = load_file(str(model_path))

@@ -1,11 +1,11 @@
 """One-class SVM (Schoelkopf et al., 2001; scikit-learn's ``OneClassSVM``) on pooled deep features.
 
-Features (``pooled.PooledFeatureModel``) are centred and scaled (one scale for all dimensions), then an RBF one-class SVM with ``nu`` (an upper
-bound on the fraction of training images outside the boundary) is fitted by scikit-learn. Its support
-vectors, dual coefficients, offset and ``gamma`` are copied into buffers and the decision function is
-evaluated in torch, so the model saves as plain tensors: score = ``rho - sum_i a_i exp(-gamma ||x - s_i||^2)``
-(the negated sklearn ``decision_function``: higher = more anomalous, > 0 outside the boundary).
-The map is the shared coarse one.
+Features (``pooled.PooledFeatureModel``) are centred and scaled (one scale for all dimensions), then an RBF
+one-class SVM with ``nu`` (an upper bound on the fraction of training images outside the boundary) is
+fitted by scikit-learn. Its support vectors, dual coefficients, offset and ``gamma`` are copied into buffers
+and the decision function is evaluated in torch, so the model saves as plain tensors: score = ``rho - sum_i
+a_i exp(-gamma ||x - s_i||^2)`` (the negated sklearn ``decision_function``: higher = more anomalous, > 0
+outside the boundary). The map is the shared coarse one.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class OneClassSVM(PooledFeatureModel):
 
         self.x_mean_ = x.mean(0)
         # one scale for all dimensions: per-dimension standardisation blows up near-constant channels
-        self.x_std_ = (x - self.x_mean_).pow(2).sum(1).mean().sqrt().expand(x.shape[1]).clone() / x.shape[1] ** 0.5 + 1e-6
+        spread = (x - self.x_mean_).pow(2).sum(1).mean().sqrt()
+        self.x_std_ = spread.expand(x.shape[1]).clone() / x.shape[1] ** 0.5 + 1e-6
         z = ((x - self.x_mean_) / self.x_std_).double().numpy()
         svm = SkOCSVM(kernel="rbf", nu=self.config.nu,
                       gamma="scale" if self.config.gamma is None else self.config.gamma).fit(z)

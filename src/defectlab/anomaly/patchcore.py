@@ -9,9 +9,10 @@ takes seconds, not minutes).
 Predict: each test patch's score is the Euclidean distance to its nearest bank patch. The image score is
 the paper's re-weighted maximum: with ``p*`` the most anomalous patch, ``m*`` its nearest bank patch and
 ``N_b(m*)`` the ``b`` nearest bank patches of ``m*`` (``m*`` first),
-``w = 1 - exp(||p*-m*||) / sum_{m in N_b(m*)} exp(||p*-m||)`` and ``score = w * ||p*-m*||``: a patch far from a sparse region of the bank counts more than one near
-a dense region. The patch-score grid is upsampled (bilinear) to the input size and smoothed with a
-Gaussian (``sigma``), the map. Higher = more anomalous; an image equal to a training image scores 0.
+``w = 1 - exp(||p*-m*||) / sum_{m in N_b(m*)} exp(||p*-m||)`` and ``score = w * ||p*-m*||``: a patch far
+from a sparse region of the bank counts more than one near a dense region. The patch-score grid is
+upsampled (bilinear) to the input size and smoothed with a Gaussian (``sigma``), the map. Higher = more
+anomalous; an image equal to a training image scores 0.
 
 Defaults and why: ImageNet ``efficientnet_lite0`` (one of the two light backbones with real ImageNet
 weights offline here, fast on a CPU), its stride-8 and stride-16 blocks (``_blocks.4`` and ``_blocks.10``:

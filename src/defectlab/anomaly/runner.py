@@ -13,8 +13,9 @@ whose siblings are fitted on score like training images and set the threshold to
 rule (``defectlab.data.groups``): ``auto`` (default) groups near-duplicate images by their pixels, a regex
 (``'regex:^(part[0-9]+)_'``) names the part from the file name, ``none`` holds out single images. The
 threshold is set for a target false-alarm rate (``false_alarm``, default 1%) and the run reports the rate to
-expect on new parts with an interval (``defectlab.anomaly.threshold``). The ``test`` split is evaluated; pixel metrics compare maps mapped
-back to the original image size with the original masks (letterbox padding never counts).
+expect on new parts with an interval (``defectlab.anomaly.threshold``). The ``test`` split is evaluated;
+pixel metrics compare maps mapped back to the original image size with the original masks (letterbox
+padding never counts).
 
 Defaults and why: ``resize="auto"``, ``image_size=256``. ``auto`` is the method's own choice. PatchCore
 takes ``native``: every image is scaled by ONE factor (the median training image's longer side becomes 256

@@ -152,7 +152,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling/format errors come in many types
-        raise BadInputError(path, f"cannot load weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise BadInputError(path, f"cannot load weights ({type(exc).__name__}: {first})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

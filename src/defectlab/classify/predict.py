@@ -102,7 +102,8 @@ class Predictor:
             out = []
             for i, (p, name) in enumerate(zip(paths, names, strict=True)):
                 pil = p.convert("RGB") if isinstance(p, Image.Image) else load_pil(p, "RGB")
-                pred = self.predict_regions(v2.functional.pil_to_tensor(pil), [boxes[i] if boxes is not None else None])[0]
+                box = boxes[i] if boxes is not None else None
+                pred = self.predict_regions(v2.functional.pil_to_tensor(pil), [box])[0]
                 out.append(ClassPrediction(name, pred.label, pred.probability, pred.probabilities, pred.crop))
             return out
         images = torch.stack([decode_resized(p if isinstance(p, Image.Image) else str(p), t.image_size, t.resize)

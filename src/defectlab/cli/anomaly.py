@@ -39,7 +39,8 @@ def _resolve(base: dict[str, Any], overrides: dict[str, Any], options: dict[str,
 def fit(
     data: Path = typer.Argument(..., help="Dataset folder (MVTec category, or a layout with a train split)."),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
-    model: Optional[str] = typer.Option(None, help="Method: patchcore (default), padim, knn, autoencoder, deep_svdd, ocsvm."),
+    model: Optional[str] = typer.Option(
+        None, help="Method: patchcore (default), padim, knn, autoencoder, deep_svdd, ocsvm."),
     backbone: Optional[str] = typer.Option(None, help="Backbone (default efficientnet_lite0 for patchcore)."),
     weights: Optional[str] = typer.Option(None, help="imagenet (default, found offline) | none | FILE."),
     image_size: Optional[int] = typer.Option(None, help="Model input size in pixels (default 256; native: the "

@@ -117,7 +117,8 @@ def index_mvtec(root: str | Path, *, lenient: bool = False) -> DatasetIndex:
                         gt_root / cls_dir.name, img.stem, ""
                     )
                     if mask is None:
-                        problem = f"defect image has no mask (expected {gt_root / cls_dir.name / (img.stem + '_mask.png')})"
+                        expected = gt_root / cls_dir.name / (img.stem + "_mask.png")
+                        problem = f"defect image has no mask (expected {expected})"
                         if not lenient:
                             raise BadInputError(img, problem)
                         log.warning("%s: %s; skipped", img, problem)

@@ -150,7 +150,8 @@ def make_synthetic(out: str | Path, config: SynthConfig = SynthConfig(), *, cate
             stem = f"{i:03d}"
             if cls != "good":
                 mask = _draw_defect(img, cls, cfg.kind, rng)
-                Image.fromarray((mask * 255).astype(np.uint8), "L").save(cat / "ground_truth" / cls / f"{stem}_mask.png")
+                mask_path = cat / "ground_truth" / cls / f"{stem}_mask.png"
+                Image.fromarray((mask * 255).astype(np.uint8), "L").save(mask_path)
             _save(img, cat / split / cls / f"{stem}{ext}", cfg.grayscale)
     return cat
 

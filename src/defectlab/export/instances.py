@@ -25,7 +25,6 @@ from pycocotools import mask as mask_utils
 from defectlab.data.regions import Box, components, mask_box
 
 
-
 @dataclass
 class Instance:
     """One object of an image. ``mask`` is the full-image HxW bool mask (None for box-only imports)."""
@@ -76,7 +75,7 @@ def _edges(mask: np.ndarray) -> dict[tuple[int, int], list[int]]:
     )
     for bg, (dx, dy), d in sides:
         rr, cc = np.nonzero(inner & bg)
-        for r, c in zip(rr.tolist(), cc.tolist()):
+        for r, c in zip(rr.tolist(), cc.tolist(), strict=True):
             out.setdefault((c + dx, r + dy), []).append(d)
     return out
 

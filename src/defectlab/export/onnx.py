@@ -146,7 +146,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, verify_batch:
         with torch.no_grad():
             ref = feat(x)
         got = session.run(None, {"image": x.numpy()})
-        diff = max([diff] + [float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref)])
+        diff = max([diff] + [float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref, strict=True)])
     summary["features"] = {"file": FEATURES_FILE, "layers": layers, "max_abs_diff": diff}
     graph_cls = SCORER_GRAPHS.get(det.method)
     if graph_cls is None:

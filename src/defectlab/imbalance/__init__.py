@@ -13,14 +13,21 @@ from defectlab.imbalance.bcl import BCLMethod, balanced_contrastive_loss
 from defectlab.imbalance.group_softmax import GroupSoftmaxMethod, groups_by_count
 from defectlab.imbalance.losses import LOSSES, build_loss, effective_number_weights, posthoc_logit_adjust
 from defectlab.imbalance.method import (
-    METHODS, Method, PlainMethod, TwoViews, build_method, check_options, split_classifier,
+    METHODS,
+    Method,
+    PlainMethod,
+    TwoViews,
+    build_method,
+    check_options,
+    split_classifier,
 )
 from defectlab.imbalance.oversample import DeepSMOTE, deepsmote, smote_features
 from defectlab.imbalance.samplers import SAMPLERS, build_sampler, expected_class_probs
 
 __all__ = [
     "LOSSES", "METHODS", "SAMPLERS", "BCLMethod", "DeepSMOTE", "GroupSoftmaxMethod", "Method", "PlainMethod",
-    "TwoViews", "balanced_contrastive_loss", "build_loss", "build_method", "check_options", "build_sampler", "deepsmote",
+    "TwoViews", "balanced_contrastive_loss", "build_loss", "build_method", "check_options", "build_sampler",
+    "deepsmote",
     "effective_number_weights", "expected_class_probs", "groups_by_count", "posthoc_logit_adjust",
     "smote_features", "split_classifier",
 ]

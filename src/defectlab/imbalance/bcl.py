@@ -32,7 +32,13 @@ from torch import nn
 from defectlab.errors import ConfigError
 from defectlab.imbalance.losses import LOSSES, build_loss
 from defectlab.imbalance.method import (
-    METHODS, Method, TwoViews, _check, check_params, merge_views, split_classifier,
+    METHODS,
+    Method,
+    TwoViews,
+    _check,
+    check_params,
+    merge_views,
+    split_classifier,
 )
 
 

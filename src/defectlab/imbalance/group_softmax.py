@@ -70,8 +70,8 @@ class GroupSoftmaxModel(nn.Module):
 
     def combine(self, raw: torch.Tensor) -> torch.Tensor:
         """Per-group log-softmax, then each class's log-probability from its own group -> (B, C)."""
-        logp = torch.cat([F.log_softmax(raw[:, s:s + len(g) + 1], dim=1) for s, g in zip(self.starts, self.groups)],
-                         dim=1)
+        parts = zip(self.starts, self.groups, strict=True)
+        logp = torch.cat([F.log_softmax(raw[:, s:s + len(g) + 1], dim=1) for s, g in parts], dim=1)
         return logp[:, self.class_col]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | GroupOutput:
@@ -133,7 +133,7 @@ class GroupSoftmaxMethod(Method):
             return F.cross_entropy(outputs, targets)
         m = self._model
         total = outputs.raw.new_zeros(())
-        for s, g in zip(m.starts, m.groups):
+        for s, g in zip(m.starts, m.groups, strict=True):
             members = torch.as_tensor(g, device=targets.device)
             is_member = (targets[:, None] == members[None, :])
             member = is_member.any(1)
@@ -146,4 +146,5 @@ class GroupSoftmaxMethod(Method):
         return total
 
     def describe(self) -> str:
-        return f"group_softmax (groups={self.groups or self.groups_param or self.bins}, others_ratio={self.others_ratio:g})"
+        groups = self.groups or self.groups_param or self.bins
+        return f"group_softmax (groups={groups}, others_ratio={self.others_ratio:g})"

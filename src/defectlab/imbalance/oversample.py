@@ -154,7 +154,8 @@ class DeepSMOTE:
         x = torch.as_tensor(images, dtype=torch.float32)
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         if x.ndim != 4 or x.shape[0] != y.shape[0]:
-            raise ConfigError(f"DeepSMOTE: expected (N, C, H, W) images and N labels, got {tuple(x.shape)}, {tuple(y.shape)}")
+            raise ConfigError("DeepSMOTE: expected (N, C, H, W) images and N labels, "
+                              f"got {tuple(x.shape)}, {tuple(y.shape)}")
         g = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         size = (int(x.shape[2]), int(x.shape[3]))

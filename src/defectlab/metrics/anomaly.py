@@ -140,7 +140,7 @@ def _check_pixel_shapes(masks: Any, maps: Any) -> None:
         masks, maps = list(masks), list(maps)
         if len(masks) != len(maps):
             raise MetricInputError(f"{len(masks)} masks but {len(maps)} anomaly maps")
-        for i, (m, a) in enumerate(zip(masks, maps)):
+        for i, (m, a) in enumerate(zip(masks, maps, strict=True)):
             if np.shape(to_numpy(m)) != np.shape(to_numpy(a)):
                 raise MetricInputError(
                     f"image {i}: mask shape {np.shape(to_numpy(m))} != map shape {np.shape(to_numpy(a))}"
@@ -152,14 +152,14 @@ def _check_pixel_shapes(masks: Any, maps: Any) -> None:
 def _iter_images(masks: Any, maps: Any):
     _check_pixel_shapes(masks, maps)
     if isinstance(masks, (list, tuple)) or isinstance(maps, (list, tuple)):
-        pairs = zip(list(masks), list(maps))
+        pairs = zip(list(masks), list(maps), strict=True)
     else:
         m, a = to_numpy(masks), to_numpy(maps)
         if m.ndim == 2:
             m, a = m[None], a[None]
         if m.ndim != 3:
             raise MetricInputError(f"masks must be (H, W) or (N, H, W), got shape {m.shape}")
-        pairs = zip(m, a)
+        pairs = zip(m, a, strict=True)
     for m, a in pairs:
         m, a = to_numpy(m), to_numpy(a)
         if m.ndim != 2:

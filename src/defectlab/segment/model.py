@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,7 +123,7 @@ class Segmenter:
             chunk = images[i : i + batch_size]
             x = torch.stack([tf(im.convert("RGB"), None)[0] for im in chunk])
             prob = torch.sigmoid(self.model_(x))
-            for im, p in zip(chunk, prob):
+            for im, p in zip(chunk, prob, strict=True):
                 p = F.interpolate(p[None], size=(im.height, im.width), mode="bilinear",
                                   align_corners=False)[0]
                 out.append(p.numpy().astype(np.float32))

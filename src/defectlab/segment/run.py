@@ -20,8 +20,8 @@ from defectlab.config import load_yaml, write_json, write_yaml
 from defectlab.data.dataset import load_pair
 from defectlab.data.index import GOOD, SampleRecord
 from defectlab.data.io import is_image_file, load_pil
-from defectlab.errors import BadInputError
 from defectlab.data.regions import components, mask_box
+from defectlab.errors import BadInputError
 from defectlab.export.items import open_source
 from defectlab.segment.evaluate import evaluate_maps
 from defectlab.segment.model import SegConfig, Segmenter
@@ -94,7 +94,7 @@ def evaluate_anomaly_run(run: str | Path, records: list[SampleRecord], *, thresh
     for i in tqdm(range(0, len(records), batch_size), desc="anomaly maps", leave=False):
         chunk = records[i : i + batch_size]
         preds = det.predict_images([r.path for r in chunk], batch_size=batch_size)
-        for r, p in zip(chunk, preds):
+        for r, p in zip(chunk, preds, strict=True):
             maps.append(np.asarray(p.anomaly_map, dtype=np.float32))
             masks.append(load_pair(r, "L")[1])
     metrics = evaluate_maps(maps, records, thr, masks=masks)
@@ -131,7 +131,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, n_overlays:
     for i in tqdm(range(0, len(records), batch_size), desc="segment test", leave=False):
         chunk = records[i : i + batch_size]
         pairs = [load_pair(r) for r in chunk]
-        for r, (image, mask), prob in zip(chunk, pairs, seg.predict_proba([p[0] for p in pairs])):
+        for r, (image, mask), prob in zip(chunk, pairs, seg.predict_proba([p[0] for p in pairs]), strict=True):
             probs.append(prob)
             masks.append(mask)
             if shown.get(r.defect_type, 0) < n_overlays:

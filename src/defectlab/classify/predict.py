@@ -10,6 +10,7 @@ in ``RUN/comparison.json``; in k-fold mode the fold with the lowest best validat
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,10 @@ class Predictor:
     def load(self) -> Predictor:
         """Rebuild the model (and its long-tail method wrapper) and load the checkpoint's weights."""
         try:
-            ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError) as exc:
-            raise BadInputError(self.checkpoint, f"cannot load checkpoint ({exc})") from None
+            ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise BadInputError(self.checkpoint, f"cannot load checkpoint ({first})") from None
         cfg = ckpt["config"]
         model_cfg = from_dict(ModelConfig, {**cfg["model"], "weights": "checkpoint"})
         self.train_cfg_ = from_dict(TrainConfig, cfg["train"])

@@ -35,14 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from defectlab.config import atomic_path, atomic_write_text, write_json  # noqa: E402
+from defectlab.config import atomic_path, atomic_write_text, write_json
 
 NUMERIC = ("epochs_run", "convergence_epoch", "best_val_loss", "best_val_acc", "test_acc", "balanced_acc",
            "macro_f1", "pred_share", "train_seconds", "params", "infer_ms")
@@ -169,17 +166,15 @@ def write_per_class(metrics: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+def _save(fig: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
 
 
 def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     m = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
+    fig = Figure(figsize=(1.0 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
+    ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -195,7 +190,8 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
 
 def plot_curves(curves: dict[str, list[list[dict[str, float]]]], path: Path) -> None:
     """Val loss and val accuracy per epoch of every attempt (train loss dashed); folds are averaged."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for i, (name, folds) in enumerate(curves.items()):
         color = f"C{i % 10}"
         n = max(len(h) for h in folds)

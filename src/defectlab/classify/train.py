@@ -276,7 +276,7 @@ class Trainer:
         state = {"epoch": 0, "history": [], "best_score": None, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
         last = out / "last.pt"
         if last.is_file():
-            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            ckpt = torch.load(last, map_location="cpu", weights_only=True)
             if ckpt["config"] != config:
                 raise ConfigError(f"{out}: holds a run of another config; delete it or use another --out")
             model.load_state_dict(ckpt["model"])
@@ -322,7 +322,7 @@ class Trainer:
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch + 1, row)
         bar.close()
-        best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+        best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(best["model"])
         self.setup_, self.device_ = setup, device
         self.history_ = state["history"]

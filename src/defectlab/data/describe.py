@@ -333,13 +333,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot_class_distribution(report: dict[str, Any], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     classes, splits = report["classes"], list(report["split_totals"])
     width = 0.8 / max(1, len(splits))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(classes) + 2), 4), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 1.1 * len(classes) + 2), 4), layout="constrained")
+    ax = fig.subplots()
     for i, s in enumerate(splits):
         xs = np.arange(len(classes)) + (i - (len(splits) - 1) / 2) * width
         ys = [report["per_class"][c][s] for c in classes]
@@ -354,15 +353,13 @@ def plot_class_distribution(report: dict[str, Any], out: Path) -> None:
 
 def plot_samples(index: DatasetIndex, out: Path, *, per_class: int = 4, thumb: int = 160) -> None:
     """A grid: a few images per class (evenly spread over the class), mask outlines in red."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from PIL import Image
     from scipy import ndimage
 
     classes = index.classes
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.9 * per_class, 1.9 * len(classes)),
-                             squeeze=False, layout="constrained")
+    fig = Figure(figsize=(1.9 * per_class, 1.9 * len(classes)), layout="constrained")
+    axes = fig.subplots(len(classes), per_class, squeeze=False)
     for row, cls in enumerate(classes):
         recs = sorted(index.select(defect_types=[cls]), key=lambda r: str(r.path))
         spread = np.unique(np.linspace(0, len(recs) - 1, min(per_class, len(recs))).round())
@@ -399,13 +396,8 @@ def plot_samples(index: DatasetIndex, out: Path, *, per_class: int = 4, thumb: i
 
 
 def _save_fig(fig: Any, out: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
 
 
 def write_report(report: dict[str, Any], out: str | Path, indexes: dict[str, DatasetIndex]) -> list[Path]:

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from defectlab.anomaly.base import Prediction  # noqa: E402
-from defectlab.anomaly.detector import scale_boxes  # noqa: E402
+from defectlab.anomaly.base import Prediction
+from defectlab.anomaly.detector import scale_boxes
 
 
 def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Image.Image:

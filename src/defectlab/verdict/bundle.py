@@ -19,6 +19,7 @@ verdict. The ONNX engine serves a bundle without a few-shot head (the head needs
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -50,9 +51,9 @@ def is_bundle(path: str | Path) -> bool:
 
 def _classifier_classes(checkpoint: Path) -> list[str]:
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
         return list(ckpt["config"]["classes"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as exc:
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
         raise BadInputError(checkpoint, f"not a classify checkpoint ({type(exc).__name__})") from None
 
 

@@ -101,10 +101,10 @@ def subset_folder(folder: Path, n: int) -> Path:
 
 
 def bench_inspect(run: Path, folder: Path, engine: str, heatmaps: bool) -> tuple[dict[str, Any], dict[str, float]]:
-    from defectlab.export.onnx import OnnxDetector
     from defectlab.inspect import inspect_folder
     from defectlab.inspect.batch import find_images
     from defectlab.inspect.engine import load_engine
+    from defectlab.inspect.onnx_engine import OnnxDetector
 
     model = OnnxDetector.load(run, threads=THREADS) if engine == "onnx" else load_engine(run, "torch")
     tag = f"{folder.name}_{os.getpid()}_{engine}{'_heat' if heatmaps else ''}"  # runs side by side don't collide

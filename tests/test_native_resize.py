@@ -15,7 +15,8 @@ from defectlab.anomaly.detector import Detector, same_size_runs
 from defectlab.anomaly.runner import RunConfig, evaluate, evaluation_records, fit_detector, resolve_resize
 from defectlab.data.index import open_dataset
 from defectlab.errors import BadInputError, ConfigError
-from defectlab.export.onnx import OnnxDetector, export_onnx
+from defectlab.export.onnx import export_onnx
+from defectlab.inspect.onnx_engine import OnnxDetector
 
 SIZES = [(128, 128), (96, 128), (128, 80)]  # (width, height) given to every third image
 

@@ -12,8 +12,9 @@ import pytest
 
 from defectlab.cli import main
 from defectlab.errors import BadInputError
-from defectlab.export.onnx import OnnxDetector, export_onnx
+from defectlab.export.onnx import export_onnx
 from defectlab.inspect import load_engine
+from defectlab.inspect.onnx_engine import OnnxDetector
 from tests.test_inspect_fixtures import detector, fitted_run
 
 
@@ -31,7 +32,7 @@ def test_export_files_and_graph(run: Path) -> None:
         onnx.checker.check_model(model)
         assert model.graph.input[0].name == "image"
     ops = {n.op_type for n in onnx.load(str(run / "onnx" / "scorer.onnx")).graph.node}
-    assert {"MatMul", "ReduceMin", "TopK", "Softmax", "Conv"} <= ops  # the whole scorer, not just features
+    assert {"MatMul", "ArgMin", "TopK", "Softmax", "Conv"} <= ops  # the whole scorer, not just features
 
 
 def test_onnx_scores_equal_torch(run: Path, synthetic_object: Path) -> None:

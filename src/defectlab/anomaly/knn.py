@@ -12,18 +12,14 @@ from typing import Any
 
 import torch
 
-from defectlab.anomaly.pooled import PooledFeatureModel
+from defectlab.anomaly.pooled import PooledConfig, PooledFeatureModel
 from defectlab.anomaly.registry import ANOMALY_MODELS
 from defectlab.errors import ConfigError
 
 
 @dataclass
-class KNNConfig:
-    backbone: str = "mobilenet_v2"
-    weights: str = "imagenet"  # "imagenet" | "none" | a file
-    layers: tuple[str, ...] | None = None  # None: the backbone's deep layer
+class KNNConfig(PooledConfig):
     k: int = 5  # neighbours averaged
-    sigma: float = 4.0  # smoothing of the coarse map
 
 
 @ANOMALY_MODELS.register("knn")

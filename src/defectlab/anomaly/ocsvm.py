@@ -15,19 +15,15 @@ from typing import Any
 
 import torch
 
-from defectlab.anomaly.pooled import PooledFeatureModel
+from defectlab.anomaly.pooled import PooledConfig, PooledFeatureModel
 from defectlab.anomaly.registry import ANOMALY_MODELS
 from defectlab.errors import ConfigError
 
 
 @dataclass
-class OCSVMConfig:
-    backbone: str = "mobilenet_v2"
-    weights: str = "imagenet"  # "imagenet" | "none" | a file
-    layers: tuple[str, ...] | None = None  # None: the backbone's deep layer
+class OCSVMConfig(PooledConfig):
     nu: float = 0.1  # upper bound on the training fraction outside the boundary
     gamma: float | None = None  # RBF width; None = sklearn's "scale" (1 / (d * var))
-    sigma: float = 4.0  # smoothing of the coarse map
 
 
 @ANOMALY_MODELS.register("ocsvm")

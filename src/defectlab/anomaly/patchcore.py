@@ -68,6 +68,27 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
     return torch.linalg.vector_norm(queries - bank[index], dim=1), index
 
 
+def reweighted_score(queries: torch.Tensor, patch: torch.Tensor, idx: torch.Tensor, bank: torch.Tensor,
+                     bank_sq: torch.Tensor, num_neighbours: int) -> torch.Tensor:
+    """The paper's re-weighted image score, vectorised over the batch: the one implementation the torch path
+    and the exported ONNX graph share. ``queries`` (B, P, C) patch features, ``patch`` (B, P) their nearest
+    distances, ``idx`` (B, P) the nearest bank rows -> (B,) scores."""
+    p = patch.argmax(dim=1, keepdim=True)  # (B, 1) the most anomalous patch p*
+    s_star = patch.gather(1, p)[:, 0]
+    k = min(int(num_neighbours), int(bank.shape[0]))
+    if k <= 1:
+        return s_star
+    m_idx = idx.gather(1, p)  # (B, 1) its nearest bank patch m*
+    m_star = bank[m_idx[:, 0]]  # (B, C)
+    d_bank = bank_sq[None] - 2 * (m_star @ bank.T) + (m_star * m_star).sum(-1, keepdim=True)  # (B, N), no (B, N, C)
+    d_bank = d_bank.scatter(1, m_idx, torch.full_like(s_star[:, None], -1.0))  # m* itself comes first
+    support = torch.topk(d_bank, k, dim=1, largest=False).indices  # (B, k): N_b(m*)
+    q_p = queries.gather(1, p[:, :, None].expand(-1, 1, queries.shape[-1]))  # (B, 1, C)
+    d = ((bank[support] - q_p) ** 2).sum(-1).sqrt()  # (B, k)
+    d = torch.cat([s_star[:, None], d[:, 1:]], dim=1)  # ||p* - m*|| exactly as in the map
+    return (1 - torch.softmax(d, dim=1)[:, 0]) * s_star
+
+
 @ANOMALY_MODELS.register("patchcore")
 class PatchCore(AnomalyModel):
     Config = PatchCoreConfig
@@ -124,24 +145,10 @@ class PatchCore(AnomalyModel):
         queries = emb.permute(0, 2, 3, 1).reshape(b, h * w, c)
         dist, idx = nearest(queries.reshape(-1, c), self.memory_bank_, self.bank_sq_)
         patch = dist.view(b, h * w)
-        scores = torch.stack([self._reweighted(queries[i], patch[i], idx.view(b, -1)[i]) for i in range(b)])
+        scores = reweighted_score(queries, patch, idx.view(b, -1), self.memory_bank_, self.bank_sq_,
+                                  self.config.num_neighbours)
         maps = gaussian_blur(upsample(patch.view(b, h, w), size), self.config.sigma)
         return AnomalyOutput(scores.cpu(), maps.cpu())
-
-    def _reweighted(self, queries: torch.Tensor, patch: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        p = int(torch.argmax(patch))
-        s_star = patch[p]
-        k = min(self.config.num_neighbours, self.memory_bank_.shape[0])
-        if k <= 1:
-            return s_star
-        m_star = self.memory_bank_[idx[p]]
-        d_bank = ((self.memory_bank_ - m_star) ** 2).sum(1)
-        d_bank[idx[p]] = -1.0  # m* itself comes first
-        support = torch.topk(d_bank, k, largest=False).indices
-        d = torch.linalg.vector_norm(self.memory_bank_[support] - queries[p], dim=1)
-        d[0] = s_star  # the same distance, without rounding differences
-        weight = 1 - torch.softmax(d, dim=0)[0]
-        return weight * s_star
 
     def summary(self) -> dict[str, Any]:
         return {"memory_bank": list(self.memory_bank_.shape), "train_patches": int(self.n_train_patches_),

@@ -13,6 +13,7 @@ PatchCore or PaDiM when localisation matters.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,8 +24,18 @@ from defectlab.anomaly.features import BackboneFeatures, gaussian_blur, upsample
 from defectlab.errors import ConfigError
 
 
+@dataclass
+class PooledConfig:
+    """What every pooled-feature method shares; each method's own Config adds its knobs."""
+
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"  # "imagenet" | "none" | a file
+    layers: tuple[str, ...] | None = None  # None: the backbone's deep layer
+    sigma: float = 4.0  # smoothing of the coarse map
+
+
 class PooledFeatureModel(AnomalyModel):
-    """Subclasses set ``Config`` (with backbone, weights, layers, sigma) and implement the two hooks."""
+    """Subclasses set ``Config`` (a ``PooledConfig``) and implement the two hooks."""
 
     fixed_input = True  # the coarse map's per-position statistics need one grid
 

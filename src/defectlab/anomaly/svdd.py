@@ -15,23 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from defectlab.anomaly.pooled import PooledFeatureModel
+from defectlab.anomaly.pooled import PooledConfig, PooledFeatureModel
 from defectlab.anomaly.registry import ANOMALY_MODELS
 from defectlab.errors import ConfigError
 
 
 @dataclass
-class DeepSVDDConfig:
-    backbone: str = "mobilenet_v2"
-    weights: str = "imagenet"  # "imagenet" | "none" | a file
-    layers: tuple[str, ...] | None = None  # None: the backbone's deep layer
+class DeepSVDDConfig(PooledConfig):
     hidden: int = 256  # MLP width
     out_dim: int = 32  # dimension of the hypersphere space
     epochs: int = 100  # over the cached features (cheap: no backbone pass)
     lr: float = 1e-3
     weight_decay: float = 1e-5
     eps: float = 0.1  # centre coordinates are kept at least this far from 0
-    sigma: float = 4.0  # smoothing of the coarse map
     seed: int = 0
 
 

@@ -36,7 +36,7 @@ def load_engine(run: str | Path, engine: str = "torch") -> Engine:
 
         return Detector.load(run)
     if engine == "onnx":
-        from defectlab.export.onnx import OnnxDetector
+        from defectlab.inspect.onnx_engine import OnnxDetector
 
         return OnnxDetector.load(run)
     raise ConfigError(f"unknown engine '{engine}'; known: {', '.join(ENGINES)}")

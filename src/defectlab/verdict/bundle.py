@@ -220,7 +220,7 @@ class Bundle:
                 raise ConfigError(
                     "the bundle's few-shot head needs the detector's features: use --engine torch"
                 )
-            from defectlab.export.onnx import OnnxDetector
+            from defectlab.inspect.onnx_engine import OnnxDetector
 
             detector: Detector = OnnxDetector.load(folder / "anomaly")
         elif engine == "torch":

@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from defectlab.anomaly.base import Prediction
 from defectlab.anomaly.detector import scale_boxes
+from defectlab.report.overlays import heat_overlay
 
 
 def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Image.Image:
@@ -26,11 +26,7 @@ def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Imag
         amap = np.asarray(Image.fromarray(amap, mode="F").resize(base.size, Image.BILINEAR))
     thr = float(pred.extra.get("pixel_threshold", pred.threshold))  # the map's own threshold when known
     scale = 2.0 * thr if thr > 0 else float(amap.max() or 1.0)
-    norm = np.clip(amap / scale, 0.0, 1.0)
-    colour = (colormaps["jet"](norm)[..., :3] * 255.0).astype(np.float32)
-    weight = alpha * np.clip(norm * 2.0, 0.15, 1.0)[..., None]  # low scores show the image through
-    mixed = np.asarray(base, dtype=np.float32) * (1.0 - weight) + colour * weight
-    out = Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), "RGB")
+    out = Image.fromarray(heat_overlay(np.asarray(base), amap, 0.0, scale, alpha, fade=True), "RGB")
     draw = ImageDraw.Draw(out)
     width = max(1, round(min(out.size) / 100))
     boxes = pred.boxes

@@ -23,9 +23,9 @@ from defectlab.data.io import is_image_file, load_pil
 from defectlab.data.regions import components, mask_box
 from defectlab.errors import BadInputError
 from defectlab.export.items import open_source
+from defectlab.report.overlays import mask_overlay
 from defectlab.segment.evaluate import evaluate_maps
 from defectlab.segment.model import SegConfig, Segmenter
-from defectlab.segment.overlay import mask_overlay
 from defectlab.segment.split import segmentation_split
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,16 @@ import numpy as np
 from defectlab.data.dataset import load_pair
 from defectlab.data.index import GOOD, SampleRecord
 from defectlab.errors import BadInputError
-from defectlab.metrics import (MetricInputError, aupro, binary_dice, binary_iou, f1_max, per_class_dice,
-                               per_class_iou, pixel_auroc)
+from defectlab.metrics import (
+    MetricInputError,
+    aupro,
+    binary_dice,
+    binary_iou,
+    f1_max,
+    per_class_dice,
+    per_class_iou,
+    pixel_auroc,
+)
 
 
 def ground_truth(records: Sequence[SampleRecord]) -> list[np.ndarray]:
@@ -40,7 +48,7 @@ def evaluate_maps(maps: Sequence[np.ndarray], records: Sequence[SampleRecord], t
     if len(maps) != len(records):
         raise ValueError(f"{len(maps)} maps for {len(records)} records")
     gts = list(masks) if masks is not None else ground_truth(records)
-    for m, g, r in zip(maps, gts, records):
+    for m, g, r in zip(maps, gts, records, strict=True):
         if m.shape != g.shape:
             raise BadInputError(r.path, f"map is {m.shape[1]}x{m.shape[0]} but the mask is "
                                         f"{g.shape[1]}x{g.shape[0]}")
@@ -87,7 +95,7 @@ def _class_aware(class_maps: Sequence[np.ndarray], gts: list[np.ndarray], record
                  classes: list[str], threshold: float) -> dict[str, Any]:
     idx = {c: i + 1 for i, c in enumerate(classes)}
     pred_l, true_l = [], []
-    for cm, g, r in zip(class_maps, gts, records):
+    for cm, g, r in zip(class_maps, gts, records, strict=True):
         label = np.where(cm.max(axis=0) > threshold, cm.argmax(axis=0) + 1, 0)
         pred_l.append(label.ravel())
         true_l.append((g * idx.get(r.defect_type, 0)).ravel())

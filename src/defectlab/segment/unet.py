@@ -37,7 +37,7 @@ class SmallEncoder(nn.Module):
         super().__init__()
         widths = [base * 2**i for i in range(depth)]
         ins = [in_channels] + widths[:-1]
-        self.blocks = nn.ModuleList(conv_block(cin, cout) for cin, cout in zip(ins, widths))
+        self.blocks = nn.ModuleList(conv_block(cin, cout) for cin, cout in zip(ins, widths, strict=True))
         self.channels = widths
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -82,7 +82,7 @@ class UNet(nn.Module):
         self.encoder = encoder
         ch = list(encoder.channels)
         self.ups = nn.ModuleList()
-        for deep, skip in zip(ch[::-1][:-1], ch[::-1][1:]):
+        for deep, skip in zip(ch[::-1][:-1], ch[::-1][1:], strict=True):
             self.ups.append(conv_block(deep + skip, skip))
         self.head = nn.Conv2d(ch[0], num_classes, 1)
         # defects cover a few % of the pixels: start from that prior, not p = 0.5 everywhere
@@ -92,7 +92,7 @@ class UNet(nn.Module):
         size = x.shape[-2:]
         feats = self.encoder(x)
         y = feats[-1]
-        for block, skip in zip(self.ups, feats[-2::-1]):
+        for block, skip in zip(self.ups, feats[-2::-1], strict=True):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, skip], dim=1))
         y = self.head(y)

@@ -96,7 +96,7 @@ def test_backend_names_and_auto() -> None:
     with pytest.raises(ConfigError, match="unknown"):
         nearest(torch.zeros(2, 3), torch.zeros(4, 3), backend="flat")
     assert resolve_backend("auto", torch.zeros(10, 3)) == "torch"
-    big = torch.zeros(60_000, 2)
+    big = torch.zeros(250_000, 2)
     assert resolve_backend("auto", big) == ("faiss" if faiss_available() else "torch")
 
 

@@ -171,14 +171,21 @@ def test_voc_and_sam_exports(items, tmp_path: Path) -> None:
     export_voc(its, cats, tmp_path / "voc", images="none")
     export_sam(its, cats, tmp_path / "sam", images="none")
     by_stem = {Path(it.name).stem: it for it in its}
-    for xml in sorted((tmp_path / "voc" / "Annotations").glob("*.xml")):
+    xmls = sorted((tmp_path / "voc" / "Annotations").glob("*.xml"))
+    assert len(xmls) == len(its)  # one file per image, good images included
+    n_boxes = 0
+    for xml in xmls:
         it = by_stem[xml.stem]
         _, w, h, inst = parse_voc(xml, it.path.parent)
         assert [i.bbox for i in inst] == [i.bbox for i in it.instances] and (w, h) == (it.width, it.height)
+        n_boxes += len(inst)
+    assert n_boxes == sum(len(it.instances) for it in its) >= 20
     sam = json.loads((tmp_path / "sam" / "sam.json").read_text())
     n = 0
-    for entry, it in zip(sam["images"], its):
-        for inst, src in zip(entry["instances"], it.instances):
+    assert len(sam["images"]) == len(its)
+    for entry, it in zip(sam["images"], its, strict=True):
+        assert len(entry["instances"]) == len(it.instances)
+        for inst, src in zip(entry["instances"], it.instances, strict=True):
             mask = np.asarray(Image.open(tmp_path / "sam" / inst["mask"])) > 0
             assert np.array_equal(mask, src.mask)
             x, y = inst["point"]
@@ -266,14 +273,23 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path: Path, syntheti
 
 
 def test_cli_exports(synthetic_object: Path, tmp_path: Path) -> None:
+    its, _ = collect(synthetic_object, ExportOptions(min_area=1))
+    n_images, n_instances = len(its), sum(len(it.instances) for it in its)
+    assert n_instances >= 20
     for args in (["coco", "--segm", "rle"], ["yolo", "--task", "segment", "--images", "symlink"], ["voc"],
                  ["sam", "--no-good", "--min-area", "5"]):
         out = tmp_path / args[0]
         assert main(["export", args[0], str(synthetic_object), str(out), *args[1:]]) == 0
         assert json.loads((out / "export.json").read_text())["categories"]
+    coco = [json.loads(f.read_text()) for f in sorted((tmp_path / "coco" / "annotations").glob("*.json"))]
+    assert sum(len(c["images"]) for c in coco) == n_images
+    assert sum(len(c["annotations"]) for c in coco) == n_instances
+    labels = list((tmp_path / "yolo").rglob("labels/**/*.txt"))
+    assert sum(len(f.read_text().splitlines()) for f in labels) == n_instances
+    assert len(list((tmp_path / "voc" / "Annotations").glob("*.xml"))) == n_images
     assert main(["export", "yolo", str(synthetic_object), str(tmp_path / "x"), "--images", "none"]) == 2
     sam = json.loads((tmp_path / "sam" / "sam.json").read_text())
-    assert all(e["instances"] for e in sam["images"])  # --no-good: defect images only
+    assert sam["images"] and all(e["instances"] for e in sam["images"])  # --no-good: defect images only
 
 
 def test_neu_det_annotations_import(tmp_path: Path) -> None:

@@ -253,9 +253,49 @@ def ray_inspect() -> Section | None:
         "the idle serving benchmark.")
 
 
+def soak() -> Section | None:
+    d = load("soak_magnetic_tile.json")
+    if d is None:
+        return None
+    rows = []
+    for engine in ("torch", "onnx"):
+        s, m = d.get(f"soak_{engine}"), d.get(f"memory_{engine}")
+        if s is None:
+            continue
+        lat = s["latency_200_ms"] or {}
+        big = (m or {}).get("largest_accepted", {})
+        rows.append([engine, s["requests"], s["n_5xx"], f"{lat.get('p50', 0):.0f}", f"{lat.get('p95', 0):.0f}",
+                     f"{s['rss_mb']['mid']:.0f} -> {s['rss_mb']['end']:.0f} ({s['rss_mb']['growth_last_half_pct']:+.1f}%)",
+                     f"{(m or {}).get('typical', {}).get('peak_mb', 0):.0f} / {big.get('peak_mb', 0):.0f} MB "
+                     f"({big.get('peak_vs_typical', 0):.2f}x)"])
+    fixed = d.get("memory_torch_letterbox", {})
+    poison = d.get("inspect_poison")
+    reading = (f"{d['mix']} requests (real magnetic_tile test images, every malformed kind, the largest accepted "
+               f"images) from 8 clients for {d['minutes_per_engine']:g} minutes per engine against a `defectlab "
+               "serve` subprocess: what fitted in that time on the shared machine, not the 20,000 the target "
+               "names. No 5xx; RSS flat over the second half. Peak RSS of one request: a typical image vs the "
+               f"largest accepted ({d['largest_accepted'][0]} px square at this run's scale), each in a fresh "
+               "server.")
+    if fixed:
+        reading += (f" Same model with a fixed-size input: a 6300x6300 PNG (the file limit decides) peaks at "
+                    f"{fixed['6300x6300.png']['peak_mb']:.0f} MB vs {fixed['typical']['peak_mb']:.0f} MB typical "
+                    f"in {fixed['6300x6300.png']['latency_ms'] / 1000:.1f} s; a 6300x6300 JPEG (draft mode) "
+                    f"{fixed['6300x6300.jpg']['peak_mb']:.0f} MB.")
+    if poison:
+        reading += (f" `inspect` over {poison['images']} images with 5 poison ones: {poison['rows']} rows, "
+                    f"{poison['errors']} errors, exit code {poison['exit_code']}, one run.")
+    return Section(
+        "Serving soak: bounded memory, no 5xx",
+        "nice python bench/soak.py --run RUN --minutes 4 --memory --poison",
+        "bench/results/soak_magnetic_tile.json", d["machine"],
+        table(["engine", "requests", "5xx", "p50 ms", "p95 ms", "RSS MB mid -> end", "peak RSS typical / largest"],
+              rows), reading)
+
+
 SECTIONS: list[Callable[[], Section | None]] = [
     anomaly_tile_split, threshold_holdout, anomalib_side_by_side, classify_neu,
-    lambda: _longtail("neu"), lambda: _longtail("magnetic_tile"), segmentation, serving, nn_search, ray_inspect,
+    lambda: _longtail("neu"), lambda: _longtail("magnetic_tile"), segmentation, serving, soak, nn_search,
+    ray_inspect,
 ]
 
 HEADER = """# Results

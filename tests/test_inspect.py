@@ -148,3 +148,83 @@ def test_cli_inspect(run: Path, folder: Path, tmp_path: Path, capsys: pytest.Cap
     assert "7 already in" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "no_run"), str(folder), "--out", str(out)]) == 2
     assert "not a detector run folder" in capsys.readouterr().err
+
+
+def test_poison_images_become_error_rows_and_are_not_retried(run: Path, folder: Path, tmp_path: Path) -> None:
+    """An image over the limit in the middle of a batch: an error row, the rest of its batch inspected. An
+    image a killed run died on alone is listed as an error, not tried again; a batch it died on is taken
+    one image at a time."""
+    Image.new("L", (500, 500), 128).save(folder / "hole2_poison.png")  # 250,000 px > max_pixels below
+    out = tmp_path / "r.csv"
+    s = inspect_folder(detector(run), folder, out, batch_size=8, progress=False, max_pixels=100_000)
+    r = rows(out)
+    assert len(r) == 8 and (s.inspected, s.errors, s.engine_errors) == (5, 3, 0) and s.failed is None
+    assert r["hole2_poison.png"]["verdict"] == "error" and "the limit is 100000" in r["hole2_poison.png"]["error"]
+    assert r["hole.png"]["verdict"] == "defect" and r["good_a.png"]["verdict"] == "good"
+    assert not (tmp_path / "r.csv.inflight").exists()  # a run that ends cleanly leaves no marker
+
+    # a run killed while one image was in flight alone: that image is an error row, never re-decoded
+    out2 = tmp_path / "r2.csv"
+    (tmp_path / "r2.csv.inflight").write_text(json.dumps({"paths": ["hole.png"], "alone": True}))
+    engine = CountingEngine(detector(run))
+    s = inspect_folder(engine, folder, out2, batch_size=8, progress=False)
+    r = rows(out2)
+    assert len(r) == 8 and r["hole.png"]["verdict"] == "error" and "killed" in r["hole.png"]["error"]
+    assert engine.images == 5  # the 6 readable images minus hole.png
+
+    # killed with a whole batch in flight: those images go one at a time first (so a crash names one)
+    out3 = tmp_path / "r3.csv"
+    (tmp_path / "r3.csv.inflight").write_text(json.dumps({"paths": ["good_a.png", "scratch.png"],
+                                                          "alone": False}))
+    engine = CountingEngine(detector(run))
+    s = inspect_folder(engine, folder, out3, batch_size=8, progress=False)
+    assert len(rows(out3)) == 8 and s.inspected == 6 and engine.calls == 3  # 2 singles + one batch of 4
+
+
+class BrokenEngine(CountingEngine):
+    def predict_images(self, images, *, batch_size=8):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA error: device-side assert (simulated)")
+
+
+def test_engine_errors_and_all_failed_exit_nonzero(run: Path, folder: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    s = inspect_folder(BrokenEngine(detector(run)), folder, tmp_path / "b.csv", batch_size=3, progress=False)
+    assert s.engine_errors == 5 and s.failed and "inference engine" in s.failed
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"{i}.png").write_bytes(b"garbage")
+    assert main(["inspect", str(run), str(bad), "--out", str(tmp_path / "bad.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "every image failed (3 error rows" in err
+
+
+def test_run_folder_paths_stay_inside_and_broken_models_are_one_line(
+        run: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from defectlab.anomaly.detector import sha256_file
+
+    for case in ("escape", "absolute", "truncated", "threshold"):
+        bad = tmp_path / case
+        shutil.copytree(run, bad)
+        meta = json.loads((bad / "detector.json").read_text())
+        if case == "escape":
+            meta["model_file"] = "../../../../etc/passwd"
+        elif case == "absolute":
+            meta["model_file"] = str(run / "model.safetensors")
+        elif case == "truncated":  # truncated, and the recorded hash rewritten to match
+            model = bad / "model.safetensors"
+            model.write_bytes(model.read_bytes()[: model.stat().st_size // 3])
+            meta["model_sha256"] = sha256_file(model)
+        else:
+            meta["thresholds"]["image"] = "high"
+        (bad / "detector.json").write_text(json.dumps(meta))
+        for engine in ("torch", "onnx"):
+            code = main(["inspect", str(bad), str(folder), "--out", str(tmp_path / f"{case}.csv"),
+                         "--engine", engine])
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, engine, err)
+            expected = {"escape": "outside the run folder", "absolute": "must be a path inside the run folder",
+                        "truncated": "cannot restore the detector", "threshold": "must be a finite number"}[case]
+            assert expected in err, (case, engine, err)

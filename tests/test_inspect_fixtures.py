@@ -3,8 +3,11 @@ session, and a real uvicorn server on a free loopback port. Holds no tests itsel
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -61,6 +64,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def cli_server(run: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``defectlab serve RUN ARGS`` as a subprocess on a free loopback port, up (``/health`` answers) within
+    90 s; yields (process, port) and kills it afterwards if it still runs."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "defectlab", "serve", str(run), "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
+                time.sleep(0.2)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
 
 
 @contextmanager

@@ -83,14 +83,42 @@ def test_batched_equals_one_by_one_and_onnx_equals_torch_at_every_size(native_ru
     assert len({p.anomaly_map.shape for p in batched}) == 3
 
 
-def test_onnx_refuses_an_input_smaller_than_its_smoothing_window(native_run: Path, tmp_path: Path) -> None:
+def test_engines_agree_on_tiny_images(native_run: Path, tmp_path: Path) -> None:
+    """Both engines share ``min_input_side`` (the blur window): the same images refused, the same accepted."""
     import torch
 
-    onnx = OnnxDetector.load(native_run)
+    onnx, det = OnnxDetector.load(native_run), Detector.load(native_run)
+    assert onnx.min_input_side == det.min_input_side == 33
     with pytest.raises(ConfigError, match="too small for the ONNX scorer"):
         onnx.predict_tensor(torch.zeros(1, 3, 30, 64))
     tiny = tmp_path / "tiny.png"  # 40 px at the run's scale 0.5: 20 px, under the blur's 33
     Image.new("RGB", (40, 40), (90, 90, 90)).save(tiny)
-    with pytest.raises(BadInputError, match=r"tiny\.png: 20x20 px after preprocessing, less than the 33 px"):
-        onnx.predict_images([tiny])
-    assert len(Detector.load(native_run).predict_images([tiny])) == 1  # the torch engine takes it
+    for engine in (onnx, det):
+        with pytest.raises(BadInputError, match=r"tiny\.png: image too small: 40x40 px, 20x20 for the model"):
+            engine.predict_images([tiny])
+        with pytest.raises(BadInputError, match="image too small: 1x1 px"):
+            engine.predict_images([Image.new("RGB", (1, 1))])
+    edge = Image.new("RGB", (66, 80), (90, 90, 90))  # 33x40 for the model: both take it, same score
+    a, b = det.predict_images([edge])[0], onnx.predict_images([edge])[0]
+    assert a.score == pytest.approx(b.score, rel=1e-3, abs=1e-4)
+
+
+def test_model_pixel_budget_follows_the_scale(native_run: Path, tmp_path: Path) -> None:
+    """The accepted file size follows from the run's scale (0.5 here): refused by the model limit from the
+    header alone, in both engines; a file over the limit but reducible is decoded small and scored."""
+    onnx, det = OnnxDetector.load(native_run), Detector.load(native_run)
+    budget = det.model_pixel_budget
+    assert budget == 4 * 64 * 64 and onnx.model_pixel_budget == budget
+    side = int((budget ** 0.5) / 0.5)  # 256 px: 128 x 128 for the model, exactly the budget
+    ok, over = tmp_path / "ok.png", tmp_path / "over.png"
+    Image.new("RGB", (side, side), (90, 90, 90)).save(ok)
+    Image.new("RGB", (side + 2, side + 2), (90, 90, 90)).save(over)
+    for engine in (det, onnx):
+        assert len(engine.predict_images([ok])) == 1
+        with pytest.raises(BadInputError, match=r"too large for this model: 258x258 px, 129x129 for the model"):
+            engine.predict_images([over])
+    det.max_model_pixels = 4 * budget  # a larger budget: accepted; 66,564 file px > 65,536: reduced on load
+    pred = det.predict_images([over])[0]
+    assert pred.anomaly_map.shape == (129, 129) and pred.extra["source_size"] == (258, 258)
+    det.max_model_pixels = 16 * budget  # within the budget: decoded as is, as in training
+    assert det.predict_images([over])[0].anomaly_map.shape == (258, 258)

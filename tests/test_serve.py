@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_inspect_fixtures import detector, fitted_run, free_port, live_server, sample_images
+from tests.test_inspect_fixtures import cli_server, detector, fitted_run, live_server, sample_images
 
 from defectlab.serve import ServeConfig, create_app
 
@@ -58,6 +55,7 @@ def test_round_trip_good_and_defect(base: str, run: Path, synthetic_object: Path
         assert abs(body["score"] - direct.score) < 1e-5 and body["threshold"] == pytest.approx(direct.threshold)
         assert [list(b) for b in body["boxes"]] == [list(b) for b in direct.boxes]
         assert (body["width"], body["height"], body["filename"]) == (128, 128, f"{name}.png")
+        assert body["model"] == r.headers["x-defectlab-model"] and body["request_id"] == r.headers["x-request-id"]
         heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
         assert heat.format == "PNG" and heat.size == (128, 128)
     # JPEG upload and the heatmap-only variant
@@ -77,9 +75,21 @@ def test_health_model_openapi_page(base: str) -> None:
     m = httpx.get(f"{base}/model", headers={"X-API-Key": KEY}).json()
     assert m["method"] == "patchcore" and m["backbone"] == "efficientnet_lite0" and m["image_size"] == [64, 64]
     assert m["thresholds"]["image"] > 0 and m["training"]["n_fit"] > 0
-    assert m["limits"] == {"max_upload_bytes": int(0.25 * 2**20), "max_pixels": 600_000}
+    assert m["limits"]["max_upload_bytes"] == int(0.25 * 2**20) and m["limits"]["max_pixels"] == 600_000
+    assert m["limits"]["max_model_pixels"] == 4 * 64 * 64 and m["min_input_side"] == 33  # sigma 8
+    assert "/" not in m["training"]["data"] and str(m).count("/tmp") == 0  # no server paths shown
+    assert m["version"] == h["model"] == f"patchcore-{m['model_sha256'][:12]}"
+    r = httpx.get(f"{base}/ready")
+    assert r.status_code == 200 and r.json()["status"] == "ready" and r.headers["x-defectlab-model"] == h["model"]
+    metrics = httpx.get(f"{base}/metrics").text
+    for name in ("defectlab_requests_total", "defectlab_request_seconds_bucket", "defectlab_queue_depth",
+                 "process_resident_memory_bytes"):
+        assert name in metrics, name
+    docs = httpx.get(f"{base}/docs")
+    assert docs.status_code == 200 and "openapi.json" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text  # works offline: no CDN assets
     schema = httpx.get(f"{base}/openapi.json").json()
-    assert {"/inspect", "/inspect/heatmap", "/health", "/model"} <= set(schema["paths"])
+    assert {"/inspect", "/inspect/heatmap", "/health", "/ready", "/metrics", "/model"} <= set(schema["paths"])
     assert "X-API-Key" in str(schema["components"]["securitySchemes"])
     page = httpx.get(f"{base}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -173,21 +183,8 @@ def test_load_300_requests_8_concurrent(base: str, synthetic_object: Path) -> No
 
 
 def test_cli_serve_subprocess_binds_loopback(run: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "DEFECTLAB_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "defectlab", "serve", str(run), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
-                time.sleep(0.3)
+    with cli_server(run, env={"DEFECTLAB_API_KEY": KEY}) as (proc, port):
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert r.json()["auth_required"] is True  # the key came from the environment
-    finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,9 +32,9 @@ from scipy import ndimage
 from defectlab.anomaly.base import AnomalyModel, AnomalyOutput, Prediction
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.config import atomic_path, to_dict, write_json
-from defectlab.data.io import load_pil
+from defectlab.data.io import SOURCE_SIZE_KEY, Decoded, ImageRefused, decode_for_model
 from defectlab.data.transforms import PairTransform, as_hw, standardize_intensity
-from defectlab.errors import BadInputError
+from defectlab.errors import BadInputError, DefectLabError
 
 FORMAT = "defectlab-anomaly-detector/1"
 MODEL_FILE = "model.safetensors"
@@ -80,11 +81,13 @@ class NativeTransform:
                  standardize: bool = False) -> None:
         self.scale, self.mean, self.std, self.standardize = scale, tuple(mean), tuple(std), standardize
 
-    def __call__(self, image: Image.Image, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: Image.Image, mask: np.ndarray | None,
+                 size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size``: the (w, h) to resize to when ``image`` was reduced on load (else scale x its size)."""
         w, h = image.size
         if mask is None:
             mask = np.zeros((h, w), dtype=bool)
-        size = (max(16, round(w * self.scale)), max(16, round(h * self.scale)))
+        size = size or (max(16, round(w * self.scale)), max(16, round(h * self.scale)))
         if size != (w, h):
             image = image.resize(size, Image.BILINEAR)
             mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
@@ -102,6 +105,17 @@ class Thresholds:
     rule: str  # how they were set, e.g. "quantile 0.99 of 71 held-out good images"
     image_f1: float | None = None  # F1-optimal on a labelled test set (reporting only)
     pixel_f1: float | None = None
+
+
+def inside_run(run_dir: Path, rel: Any, described_in: Path) -> Path:
+    """``run_dir / rel`` when it is a relative path that stays inside the run folder (links resolved);
+    a run folder is data, so a path that leaves it is refused."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        raise BadInputError(described_in, f"invalid file name {rel!r}: must be a path inside the run folder")
+    path = run_dir / rel
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise BadInputError(described_in, f"file name {rel!r} points outside the run folder; not followed")
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -122,8 +136,18 @@ def boxes_from_map(amap: np.ndarray, threshold: float) -> list[tuple[int, int, i
     return [boxes[i] for i in np.argsort(-sizes, kind="stable")]
 
 
+def scale_boxes(boxes: list[tuple[int, int, int, int]], fx: float, fy: float,
+                limit: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Boxes scaled by (fx, fy), outward to whole pixels, clipped to ``limit`` = (w, h)."""
+    return [(int(x0 * fx), int(y0 * fy), min(limit[0], math.ceil(x1 * fx)), min(limit[1], math.ceil(y1 * fy)))
+            for x0, y0, x1, y1 in boxes]
+
+
 class Detector:
-    min_input_side = 1  # smallest preprocessed height/width the model step takes (an engine may need more)
+    """The model, its preprocessing and thresholds. ``max_model_pixels``: the largest input (w x h, as the
+    model sees it) accepted; None means ``MODEL_PIXELS_FACTOR`` x the fitted input area."""
+
+    MODEL_PIXELS_FACTOR = 4
 
     def __init__(self, model: AnomalyModel, method: str, preprocess: Preprocess, thresholds: Thresholds,
                  training: dict[str, Any] | None = None) -> None:
@@ -132,14 +156,72 @@ class Detector:
         self.preprocess = preprocess
         self.thresholds = thresholds
         self.training = dict(training or {})
+        self.max_model_pixels: int | None = None
+        self.model_sha256: str | None = None  # of model.safetensors, set by load()
         self._transform = preprocess.transform()
+
+    # -- input geometry (shared by every engine, so they accept and refuse the same images) ----------------
+    @property
+    def min_input_side(self) -> int:
+        """Smallest model-side side: the map smoothing pads by ceil(4 sigma) (reflect), in both engines."""
+        sigma = float(getattr(self.model.config, "sigma", 0.0) or 0.0)
+        return math.ceil(4 * sigma) + 1 if sigma > 0 else 1
+
+    @property
+    def model_pixel_budget(self) -> int:
+        h, w = self.preprocess.image_size
+        return int(self.max_model_pixels or self.MODEL_PIXELS_FACTOR * h * w)
+
+    def model_input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) the model sees for an image of ``width`` x ``height`` (``native``: one scale factor)."""
+        if self.preprocess.variable_size:
+            s = self.preprocess.scale
+            return max(1, round(width * s)), max(1, round(height * s))
+        h, w = self.preprocess.image_size
+        return w, h
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """``model_input_size`` after the checks every engine shares: at least ``min_input_side`` per side,
+        at most ``model_pixel_budget`` pixels (memory and time follow the model input); else ImageRefused."""
+        w, h = self.model_input_size(width, height)
+        where = f"{width}x{height} px"
+        if self.preprocess.variable_size and (w, h) != (width, height):
+            where += f", {w}x{h} for the model (scale {self.preprocess.scale:.4g})"
+        if min(w, h) < self.min_input_side:
+            raise ImageRefused("<image>", f"image too small: {where}; the model needs at least "
+                                          f"{self.min_input_side} px per side", 422)
+        if w * h > self.model_pixel_budget:
+            raise ImageRefused("<image>", f"image too large for this model: {where} = {w * h} model pixels; "
+                                          f"the limit is {self.model_pixel_budget}", 413)
+        return w, h
 
     # -- inference ------------------------------------------------------------------------------------
     def predict_tensor(self, images: torch.Tensor) -> AnomalyOutput:
         return self.model.predict(images)
 
-    def predict_images(self, images: Sequence[Image.Image | str | Path], *, batch_size: int = 8) -> list[Prediction]:
-        """One ``Prediction`` per image (PIL images or paths), map and boxes at the image's own size."""
+    def decode(self, source: str | Path | bytes, **kwargs: Any) -> Image.Image:
+        """A file (or bytes) decoded for this model (``defectlab.data.io.decode_for_model``)."""
+        return self.decode_full(source, **kwargs).image
+
+    def decode_full(self, source: str | Path | bytes, **kwargs: Any) -> Decoded:
+        """As ``decode``, with the file's own size; images over the model's pixel budget reduced on load."""
+        kwargs.setdefault("max_work_pixels", self.model_pixel_budget)
+        return decode_for_model(source, fit=self.input_size, mode=self.preprocess.mode, **kwargs)
+
+    def _tensor(self, pil: Image.Image, name: str) -> torch.Tensor:
+        src = tuple(pil.info.get(SOURCE_SIZE_KEY, pil.size))
+        try:
+            size = self.input_size(*src)
+        except ImageRefused as exc:
+            raise ImageRefused(name, exc.problem, exc.status) from None
+        if self.preprocess.variable_size:
+            return self._transform(pil, None, size if src != pil.size else None)[0]  # type: ignore[call-arg]
+        return self._transform(pil, None)[0]
+
+    def predict_images(self, images: Sequence[Image.Image | str | Path], *,
+                       batch_size: int = 8) -> list[Prediction]:
+        """One ``Prediction`` per image (PIL images or paths). Boxes are in the image file's pixels; the map
+        is at the decoded image's size (a large file is reduced on load: ``Detector.decode``)."""
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
@@ -149,24 +231,24 @@ class Detector:
                     pils.append(im.convert(self.preprocess.mode))
                     names.append(getattr(im, "filename", "") or f"<image {start + i}>")
                 else:
-                    pils.append(load_pil(im, self.preprocess.mode))
+                    pils.append(self.decode(im))
                     names.append(str(im))
-            tensors = [self._transform(p, None)[0] for p in pils]
-            for name, t in zip(names, tensors):
-                if min(t.shape[-2:]) < self.min_input_side:
-                    raise BadInputError(name, f"{t.shape[-2]}x{t.shape[-1]} px after preprocessing, less than the "
-                                              f"{self.min_input_side} px per side this engine needs (use --engine torch)")
+            tensors = [self._tensor(p, n) for p, n in zip(pils, names, strict=True)]
             scores, maps = [], []
             for run in same_size_runs([t.shape for t in tensors], batch_size):  # "native": sizes differ
                 res = self.predict_tensor(torch.stack([tensors[k] for k in run]))
                 scores += res.scores.tolist()
                 maps += list(res.maps)
-            for name, pil, score, amap in zip(names, pils, scores, maps):
+            for name, pil, score, amap in zip(names, pils, scores, maps, strict=True):
+                src = tuple(pil.info.get(SOURCE_SIZE_KEY, pil.size))
                 full = map_to_original(amap, (pil.height, pil.width), self.preprocess.resize)
                 is_defect = bool(score > self.thresholds.image)
                 boxes = boxes_from_map(full, self.thresholds.pixel) if is_defect else []
+                if src != pil.size:  # reduced on load: boxes in the file's pixels
+                    boxes = scale_boxes(boxes, src[0] / pil.width, src[1] / pil.height, src)
                 out.append(Prediction(name, float(score), self.thresholds.image, is_defect, full, boxes,
-                                      {"pixel_threshold": self.thresholds.pixel, "method": self.method}))
+                                      {"pixel_threshold": self.thresholds.pixel, "method": self.method,
+                                       "source_size": src}))
         return out
 
     # -- description ----------------------------------------------------------------------------------
@@ -185,6 +267,10 @@ class Detector:
             "training": self.training,
             "config": cfg,
             "model": self.model.summary(),
+            "model_sha256": self.model_sha256,
+            "min_input_side": self.min_input_side,
+            "max_model_pixels": self.model_pixel_budget,
+            "scale": self.preprocess.scale if self.preprocess.variable_size else None,
         }
 
     # -- persistence ----------------------------------------------------------------------------------
@@ -226,7 +312,7 @@ class Detector:
             raise BadInputError(meta_path, f"unreadable detector description ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise BadInputError(meta_path, f"unknown detector format (expected {FORMAT})")
-        model_path = run_dir / str(meta.get("model_file", MODEL_FILE))
+        model_path = inside_run(run_dir, meta.get("model_file", MODEL_FILE), meta_path)
         if not model_path.is_file():
             raise BadInputError(model_path, "model file missing")
         digest = sha256_file(model_path)
@@ -243,10 +329,22 @@ class Detector:
                                     pre.get("mode", "RGB"), float(pre.get("scale", 1.0)),
                                     bool(pre.get("standardize", False)))
             thresholds = Thresholds(**meta["thresholds"])
-        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-            raise BadInputError(run_dir, f"cannot restore the detector ({type(exc).__name__}: "
-                                         f"{str(exc).splitlines()[0][:200]})") from None
-        return cls(model, meta["method"], preprocess, thresholds, meta.get("training", {}))
+            for name in ("image", "pixel"):
+                value = getattr(thresholds, name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"threshold '{name}' must be a finite number, got {value!r}")
+            if not (math.isfinite(preprocess.scale) and preprocess.scale > 0):
+                raise ValueError(f"preprocess scale must be a positive number, got {preprocess.scale}")
+            det = cls(model, meta["method"], preprocess, thresholds, meta.get("training", {}))
+            det.model_sha256 = digest
+            return det
+        except DefectLabError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a run folder is data: any failure to restore it is one line
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise BadInputError(run_dir, f"cannot restore the detector ({type(exc).__name__}: {first})") \
+                from None
 
 
-__all__ = ["Detector", "Preprocess", "Thresholds", "boxes_from_map", "FORMAT", "MODEL_FILE", "META_FILE"]
+__all__ = ["Detector", "Preprocess", "Thresholds", "boxes_from_map", "inside_run", "scale_boxes", "FORMAT",
+           "MODEL_FILE", "META_FILE"]

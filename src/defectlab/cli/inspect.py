@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from defectlab.data.io import DEFAULT_MAX_PIXELS
 from defectlab.inspect.batch import inspect_folder
+from defectlab.inspect.engine import load_engine
 
 
 def inspect(
@@ -18,9 +20,20 @@ def inspect(
     batch_size: int = typer.Option(8, help="Images per inference batch."),
     engine: str = typer.Option("torch", help="torch | onnx (onnx needs `defectlab export onnx RUN` first)."),
     retry_errors: bool = typer.Option(False, help="On resume, try the files listed as errors again."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Largest image file (width x height) decoded; "
+                                   "the model's own pixel budget applies too (docs/serving.md)."),
+    max_model_pixels: int = typer.Option(None, help="Largest input the model sees (w x h after its resize); "
+                                         "default 4x the fitted input area."),
 ) -> None:
-    """Score every image: verdict against the deployable threshold, defect boxes, optional heatmaps."""
-    s = inspect_folder(run, folder, out, heatmaps=heatmaps, batch_size=batch_size, engine=engine,
-                       retry_errors=retry_errors)
+    """Score every image: verdict against the deployable threshold, defect boxes, optional heatmaps.
+    Exits 1 when every image failed or the inference engine failed (rows are still written)."""
+    model = load_engine(run, engine)
+    if max_model_pixels is not None:
+        model.max_model_pixels = max_model_pixels
+    s = inspect_folder(model, folder, out, heatmaps=heatmaps, batch_size=batch_size,
+                       retry_errors=retry_errors, max_pixels=max_pixels)
     typer.echo(f"{s.total} images: {s.skipped} already in {s.csv}, {s.inspected} inspected "
-               f"({s.defects} defect, {s.inspected - s.defects} good), {s.errors} unreadable")
+               f"({s.defects} defect, {s.inspected - s.defects} good), {s.errors} errors")
+    if s.failed:
+        typer.echo(f"error: {s.failed}", err=True)
+        raise typer.Exit(1)

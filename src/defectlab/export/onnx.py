@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ import torch
 from torch import nn
 
 from defectlab.anomaly.base import AnomalyModel, AnomalyOutput
-from defectlab.anomaly.detector import Detector, sha256_file
+from defectlab.anomaly.detector import META_FILE as DETECTOR_META
+from defectlab.anomaly.detector import MODEL_FILE, Detector, inside_run, sha256_file
 from defectlab.anomaly.features import gaussian_blur, patch_embedding, upsample
 from defectlab.config import atomic_path, write_json
 from defectlab.errors import BadInputError, ConfigError
@@ -167,20 +167,22 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, verify_batch:
     return summary
 
 
+def base_sha256(run_dir: Path) -> str:
+    """sha256 of the run's model file (the one detector.json names)."""
+    meta = json.loads((run_dir / DETECTOR_META).read_text())
+    return sha256_file(inside_run(run_dir, meta.get("model_file", MODEL_FILE), run_dir / DETECTOR_META))
+
+
 class OnnxDetector(Detector):
     """A ``Detector`` whose model step runs the exported ``scorer.onnx`` in onnxruntime (CPU)."""
 
     session: Any = None
 
-    @property
-    def min_input_side(self) -> int:  # type: ignore[override]
-        return math.ceil(4 * self.model.config.sigma) + 1  # the traced blur pads by ceil(4 sigma) (reflect)
-
     def predict_tensor(self, images: torch.Tensor) -> AnomalyOutput:
         if min(images.shape[-2:]) < self.min_input_side:
             h, w = images.shape[-2:]
             raise ConfigError(f"an input of {h}x{w} px is too small for the ONNX scorer: its smoothing needs "
-                              f"at least {self.min_input_side} px per side (use --engine torch)")
+                              f"at least {self.min_input_side} px per side")
         scores, maps = self.session.run(None, {"image": images.detach().cpu().numpy().astype(np.float32)})
         return AnomalyOutput(torch.from_numpy(scores), torch.from_numpy(maps))
 
@@ -200,16 +202,20 @@ class OnnxDetector(Detector):
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
             raise BadInputError(meta_path, f"unreadable ONNX export description ({exc})") from None
-        if meta.get("model_sha256") != sha256_file(run_dir / "model.safetensors"):
+        if not isinstance(meta, dict) or meta.get("model_sha256") != base_sha256(run_dir):
             raise BadInputError(folder, "the ONNX export is stale: the run's model changed since it was exported "
                                         f"(run 'defectlab export onnx {run_dir}' again)")
         if not meta.get("scorer"):
             raise ConfigError(f"{base.method}: ONNX inference needs a whole-scorer export; only the feature "
                               "extractor is exportable for this method (use --engine torch)")
         det = cls(base.model, base.method, base.preprocess, base.thresholds, base.training)
+        det.model_sha256 = base.model_sha256
+        scorer = meta["scorer"].get("file") if isinstance(meta["scorer"], dict) else None
+        scorer_path = inside_run(folder, scorer, meta_path)
         try:
-            det.session = _session(str(folder / meta["scorer"]["file"]), threads)
+            det.session = _session(str(scorer_path), threads)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise BadInputError(folder / meta["scorer"]["file"], f"cannot load ONNX model ({exc})") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise BadInputError(scorer_path, f"cannot load ONNX model ({first})") from None
         det.onnx_meta = meta
         return det

@@ -2,8 +2,11 @@
 
 * Rows are appended and flushed after every batch, so a killed run loses at most the batch in flight;
   re-running with the same CSV skips every image already listed (a half-written last line is dropped).
-* An image that cannot be read gets a row with ``verdict=error`` and the reason; the run goes on.
-  ``retry_errors=True`` drops those rows first and tries the files again.
+* An image that cannot be read, is over a limit (``defectlab.data.io.decode_for_model``: the file's pixel
+  limit and the model's own) or fails in the engine gets a row with ``verdict=error`` and the reason; the
+  rest of its batch and the run go on. ``retry_errors=True`` drops those rows first and tries again.
+* ``<csv>.inflight`` names the images being decoded and scored; a run killed by one of them (out of
+  memory, a crashing decoder) is not killed again: see ``InFlight``.
 * Decoding of the next batch overlaps with inference of the current one (a small thread pool).
 """
 
@@ -14,7 +17,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from tqdm import tqdm
 
 from defectlab.anomaly.base import Prediction
 from defectlab.config import atomic_path, atomic_write_text
-from defectlab.data.io import is_image_file, load_pil
+from defectlab.data.io import DEFAULT_MAX_PIXELS, Decoded, decode_for_model, is_image_file
 from defectlab.errors import BadInputError, ConfigError, DefectLabError
 from defectlab.inspect.engine import Engine, load_engine
 from defectlab.inspect.render import overlay
@@ -42,6 +45,17 @@ class InspectSummary:
     inspected: int  # new rows with a verdict
     defects: int  # of those, verdict "defect"
     errors: int  # new rows with verdict "error"
+    engine_errors: int = 0  # of those, failures of the engine rather than of the image
+
+    @property
+    def failed(self) -> str | None:
+        """Why the run should count as failed (engine errors, or every new image failed), else None."""
+        if self.engine_errors:
+            return (f"{self.engine_errors} image(s) failed inside the inference engine (not a bad image: see "
+                    "the log and the CSV's error column; --retry-errors tries them again)")
+        if self.errors and not self.inspected:
+            return f"every image failed ({self.errors} error rows in {self.csv})"
+        return None
 
 
 def find_images(folder: Path, exclude: list[Path] = ()) -> list[Path]:  # type: ignore[assignment]
@@ -88,12 +102,15 @@ def read_done(csv_path: Path, *, retry_errors: bool = False) -> set[str]:
     return {r["path"] for r in rows}
 
 
-def _load(path: Path) -> Image.Image | str:
-    """The decoded image, or the reason it cannot be used."""
+def _load(model: Engine, path: Path, max_pixels: int) -> Decoded | str:
+    """The image decoded for the model (reduced on load when large), or the reason it cannot be used."""
     try:
-        return load_pil(path, "RGB")
+        if hasattr(model, "decode_full"):
+            return model.decode_full(path, max_pixels=max_pixels)
+        return decode_for_model(path, max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a production run
-        return _reason(exc) if isinstance(exc, DefectLabError) else f"cannot read ({type(exc).__name__}: {exc})"
+        return _reason(exc) if isinstance(exc, DefectLabError) else \
+            f"cannot read ({type(exc).__name__}: {exc})"
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -105,7 +122,8 @@ def _heatmap_name(rel: str) -> str:
     return rel + ".heatmap.png"
 
 
-def _row(rel: str, pred: Prediction | None, image: Image.Image | None, heatmap: str, error: str) -> dict:
+def _row(rel: str, pred: Prediction | None, image: Decoded | None, heatmap: str, error: str) -> dict:
+    """One CSV row (every column is built here)."""
     if pred is None:
         return dict.fromkeys(COLUMNS, "") | {"path": rel, "verdict": "error", "error": error}
     boxes = [[int(v) for v in b] for b in pred.boxes]
@@ -133,10 +151,51 @@ def _predict(engine: Engine, images: list[Image.Image]) -> list[Prediction | str
     return out
 
 
+ENGINE_FAILURE = "inference failed"  # rows whose error starts so: the engine failed, not the image
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, DefectLabError):
         return getattr(exc, "problem", str(exc))
-    return f"inference failed ({type(exc).__name__}: {exc})"
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{ENGINE_FAILURE} ({type(exc).__name__}: {first})"
+
+
+class InFlight:
+    """``<csv>.inflight``: the images being decoded or scored right now. A run that is killed (out of memory,
+    a crashing decoder) leaves it behind; the next run takes those images one at a time, and an image that
+    was alone in flight when the run died becomes an error row instead of being tried again."""
+
+    def __init__(self, csv_path: Path) -> None:
+        self.path = csv_path.with_name(csv_path.name + ".inflight")
+
+    def left_behind(self) -> tuple[list[str], bool]:
+        """(paths, alone) from a run that died; ([], False) when the last run ended normally."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return [str(p) for p in data["paths"]], bool(data["alone"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return [], False
+
+    def mark(self, paths: list[str], alone: bool) -> None:
+        atomic_write_text(self.path, json.dumps({"paths": paths, "alone": alone}))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _error_rows_left_behind(inflight: InFlight, todo: list[Path],
+                            folder: Path) -> tuple[list[dict], set[str]]:
+    """Error rows for an image the last run died on alone; the paths of a batch it died on (taken singly)."""
+    paths, alone = inflight.left_behind()
+    pending = {p.relative_to(folder).as_posix() for p in todo}
+    paths = [p for p in paths if p in pending]
+    if alone and paths:
+        return [_row(p, None, None, "", "the previous run was killed while inspecting this image alone "
+                                        "(out of memory or a crashing decoder?); not tried again "
+                                        "(--retry-errors does)")
+                for p in paths], set()
+    return [], set(paths)
 
 
 def inspect_folder(
@@ -149,9 +208,13 @@ def inspect_folder(
     engine: str = "torch",
     retry_errors: bool = False,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_row: Callable[[dict], None] | None = None,
 ) -> InspectSummary:
     """Inspect every image under ``folder`` with a fitted run (or an already loaded engine); rows go to
-    the CSV ``out`` (appended: resumable). With ``heatmaps``, an overlay PNG per image goes there."""
+    the CSV ``out`` (appended: resumable). With ``heatmaps``, an overlay PNG per image goes there.
+    ``max_pixels``: the decode limit (file width x height); the model's own pixel budget applies too
+    (``Detector.input_size``). ``on_row(row)`` is called for every row written (after it is on disk)."""
     folder, out = Path(folder), Path(out)
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -165,47 +228,80 @@ def inspect_folder(
     summary = InspectSummary(out, len(images), len(images) - len(todo), 0, 0, 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not out.exists() or out.stat().st_size == 0
+    inflight = InFlight(out)
+    given_up, suspects = _error_rows_left_behind(inflight, todo, folder)
+    skip = {r["path"] for r in given_up}
+    careful = [p for p in todo if p.relative_to(folder).as_posix() in suspects]
+    rest = [p for p in todo if p.relative_to(folder).as_posix() not in suspects | skip]
+    units = [([p], True) for p in careful] + [(b, False) for b in _batches(rest, batch_size)]
+
+    def rel(path: Path) -> str:
+        return path.relative_to(folder).as_posix()
+
     with open(out, "a", newline="", encoding="utf-8") as fh, ThreadPoolExecutor(2) as pool, \
             tqdm(total=len(todo), desc="inspect", unit="img", disable=not progress) as bar:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        if new_file:
-            writer.writeheader()
-            fh.flush()
-        batches = list(_batches(todo, batch_size))
-        pending: list[Future] = [pool.submit(_load, p) for p in batches[0]] if batches else []
-        for i, batch in enumerate(batches):
-            loaded = [f.result() for f in pending]
-            if i + 1 < len(batches):  # decode the next batch while this one runs
-                pending = [pool.submit(_load, p) for p in batches[i + 1]]
-            ok = [(p, im) for p, im in zip(batch, loaded, strict=True) if isinstance(im, Image.Image)]
-            preds = _predict(model, [im for _, im in ok]) if ok else []
-            results = dict(zip([p for p, _ in ok], zip([im for _, im in ok], preds, strict=True), strict=True))
-            rows = []
-            for path, im in zip(batch, loaded, strict=True):
-                rel = path.relative_to(folder).as_posix()
-                if not isinstance(im, Image.Image):
-                    rows.append(_row(rel, None, None, "", im))
-                    continue
-                image, pred = results[path]
-                if isinstance(pred, str):
-                    rows.append(_row(rel, None, None, "", pred))
-                    continue
-                heat = ""
-                if heat_dir is not None:
-                    target = heat_dir / _heatmap_name(rel)
-                    with atomic_path(target) as tmp:
-                        overlay(image, pred).save(tmp, format="PNG")
-                    heat = str(target)
-                rows.append(_row(rel, pred, image, heat, ""))
+
+        def write(rows: list[dict]) -> None:
             writer.writerows(rows)
             fh.flush()
             os.fsync(fh.fileno())
             for r in rows:
-                if r["verdict"] == "error":
-                    summary.errors += 1
-                    log.warning("%s: %s", folder / r["path"], r["error"])
-                else:
-                    summary.inspected += 1
-                    summary.defects += r["verdict"] == "defect"
-            bar.update(len(batch))
+                _count(summary, r, folder)
+                if on_row is not None:
+                    on_row(r)
+            bar.update(len(rows))
+
+        if new_file:
+            writer.writeheader()
+            fh.flush()
+        if given_up:
+            write(given_up)
+        pending: list[Future] | None = None
+        for i, (batch, single) in enumerate(units):
+            nxt = units[i + 1] if i + 1 < len(units) else None
+            prefetch = nxt is not None and not single and not nxt[1]  # decode the next batch meanwhile
+            in_flight = [rel(p) for p in batch + (nxt[0] if prefetch and nxt else [])]
+            inflight.mark(in_flight, alone=len(in_flight) == 1)
+            if pending is None:
+                pending = [pool.submit(_load, model, p, max_pixels) for p in batch]
+            loaded = [f.result() for f in pending]
+            pending = [pool.submit(_load, model, p, max_pixels) for p in nxt[0]] if prefetch and nxt else None
+            write(_batch_rows(model, folder, batch, loaded, heat_dir))
+        inflight.clear()
     return summary
+
+
+def _batch_rows(model: Engine, folder: Path, batch: list[Path], loaded: list[Decoded | str],
+                heat_dir: Path | None) -> list[dict]:
+    ok = [(p, d) for p, d in zip(batch, loaded, strict=True) if isinstance(d, Decoded)]
+    preds = _predict(model, [d.image for _, d in ok]) if ok else []
+    results = {p: (d, pred) for (p, d), pred in zip(ok, preds, strict=True)}
+    rows = []
+    for path, d in zip(batch, loaded, strict=True):
+        rel = path.relative_to(folder).as_posix()
+        if not isinstance(d, Decoded):
+            rows.append(_row(rel, None, None, "", d))
+            continue
+        decoded, pred = results[path]
+        if isinstance(pred, str):
+            rows.append(_row(rel, None, None, "", pred))
+            continue
+        heat = ""
+        if heat_dir is not None:
+            target = heat_dir / _heatmap_name(rel)
+            with atomic_path(target) as tmp:
+                overlay(decoded.image, pred).save(tmp, format="PNG")
+            heat = str(target)
+        rows.append(_row(rel, pred, decoded, heat, ""))
+    return rows
+
+
+def _count(summary: InspectSummary, row: dict, folder: Path) -> None:
+    if row["verdict"] == "error":
+        summary.errors += 1
+        summary.engine_errors += row["error"].startswith(ENGINE_FAILURE)
+        log.warning("%s: %s", folder / row["path"], row["error"])
+    else:
+        summary.inspected += 1
+        summary.defects += row["verdict"] == "defect"

@@ -1,6 +1,8 @@
 """The inference engine behind ``inspect`` and ``serve``: the torch Detector or its ONNX Runtime twin.
 
-Both expose ``predict_images(list of PIL images or paths) -> list[Prediction]`` and ``info() -> dict``.
+Both expose ``predict_images(list of PIL images or paths) -> list[Prediction]`` and ``info() -> dict``;
+``inspect`` and ``serve`` also use, when an engine has them, ``decode_full`` / ``input_size`` /
+``model_pixel_budget`` (the limits every engine shares: ``Detector``) and ``max_model_pixels``.
 """
 
 from __future__ import annotations

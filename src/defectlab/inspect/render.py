@@ -1,7 +1,7 @@
 """Heatmap overlays for one inspected image: the anomaly map in colour over the image, defect boxes drawn.
 
 The colour scale is fixed relative to the deployable pixel threshold (the image threshold when the
-detector has none): 0 -> faint blue, the threshold -> yellow-green, twice the threshold -> red, so
+detector has none): 0 -> faint blue, the threshold -> green, twice the threshold -> red, so
 overlays of different images compare by eye.
 """
 
@@ -17,6 +17,7 @@ from matplotlib import colormaps  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from defectlab.anomaly.base import Prediction  # noqa: E402
+from defectlab.anomaly.detector import scale_boxes  # noqa: E402
 
 
 def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Image.Image:
@@ -35,7 +36,11 @@ def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Imag
     out = Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(out)
     width = max(1, round(min(out.size) / 100))
-    for x0, y0, x1, y1 in pred.boxes:
+    boxes = pred.boxes
+    src = pred.extra.get("source_size")
+    if src and tuple(src) != out.size:  # boxes are in the file's pixels; this image was reduced on load
+        boxes = scale_boxes(boxes, out.width / src[0], out.height / src[1], out.size)
+    for x0, y0, x1, y1 in boxes:
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)],
                        outline=(255, 0, 0) if pred.is_defect else (255, 165, 0), width=width)
     return out

@@ -5,13 +5,13 @@ Every refusal is an ``UploadRefused(status, message)``; the app turns it into a 
 
 from __future__ import annotations
 
-import io
+import asyncio
 import json
-import warnings
+from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from defectlab.data.io import to_mode
+from defectlab.data.io import Decoded, Fit, ImageRefused, decode_for_model
 
 # Formats a camera or a person uploads; Pillow's other decoders (EPS, PSD, ...) stay closed.
 Image.init()  # register every plugin now, so the allow-list below is checked against what exists
@@ -25,42 +25,40 @@ class UploadRefused(Exception):
         self.message = message
 
 
-def decode_upload(data: bytes, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
-    """Bytes -> PIL image in ``mode``; the pixel count is checked from the header, before decoding."""
+def decode_upload(data: bytes, *, max_pixels: int, mode: str = "RGB", fit: Fit | None = None,
+                  max_work_pixels: int | None = None) -> Decoded:
+    """Bytes -> ``Decoded`` (``defectlab.data.io.decode_for_model``): the pixel count is checked from the
+    header, the model's limits through ``fit``, large images reduced on load. Refusals are UploadRefused."""
     if not data:
         raise UploadRefused(400, "empty upload: send an image file in the multipart field 'file'")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
-    except UnidentifiedImageError:
-        raise UploadRefused(415, f"not an image: expected one of {', '.join(UPLOAD_FORMATS)}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UploadRefused(413, f"image has too many pixels ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - a decoder's failure is the upload's fault, never a 500
-        raise UploadRefused(422, f"broken image header ({type(exc).__name__}: {exc})") from None
-    pixels = im.width * im.height
-    if pixels > max_pixels:
-        raise UploadRefused(413, f"image is {im.width}x{im.height} = {pixels} pixels; the limit is {max_pixels}")
-    if pixels == 0:
-        raise UploadRefused(422, "image has no pixels")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im.load()
-        return to_mode(im, mode)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the upload's fault, not a 500
-        msg = str(exc).strip() or type(exc).__name__
-        raise UploadRefused(422, f"corrupt or truncated {im.format} image ({msg})") from None
+        return decode_for_model(data, fit=fit, mode=mode, max_pixels=max_pixels,
+                                max_work_pixels=max_work_pixels, formats=UPLOAD_FORMATS)
+    except ImageRefused as exc:
+        message = exc.problem
+        if exc.status == 415:
+            message = f"not an image: expected one of {', '.join(UPLOAD_FORMATS)}"
+        raise UploadRefused(exc.status, message) from None
+
+
+async def _send_json(send, status: int, detail: str, headers: list | None = None) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:
     """ASGI middleware: refuse a request body over ``max_bytes`` with 413, from Content-Length when the
-    client sends it, else while reading; the app gets the buffered body (bounded by the limit)."""
+    client sends it, else while reading; a body that stalls for ``timeout_s`` between chunks gets 408 (a
+    stalled upload holds no worker and cannot block shutdown). The app gets the buffered body."""
 
-    def __init__(self, app, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -73,7 +71,11 @@ class BodyLimit:
             return
         chunks, total, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                await _send_json(send, 408, f"upload stalled: no data for {self.timeout_s:g} s")
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -95,9 +97,34 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send, size: int) -> None:  # type: ignore[no-untyped-def]
-        body = json.dumps({"detail": f"upload too large: {size} bytes or more; the limit is "
-                                     f"{self.max_bytes} bytes ({self.max_bytes / 2**20:g} MiB)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, f"upload too large: {size} bytes or more; the limit is "
+                                    f"{self.max_bytes} bytes ({self.max_bytes / 2**20:g} MiB)")
+
+
+@dataclass
+class QueueGate:
+    limit: int  # requests admitted at once
+    depth: int = 0  # admitted now (read by the metrics)
+
+
+class Admission:
+    """ASGI middleware: at most ``gate.limit`` requests to the inference paths at once (the one being scored
+    and those waiting, bodies included); the next gets 503 with Retry-After before its body is read."""
+
+    def __init__(self, app, gate: QueueGate, paths: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.gate, self.paths = app, gate, paths
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        gate = self.gate
+        if gate.depth >= gate.limit:
+            await _send_json(send, 503, f"busy: {gate.depth} requests queued (the limit is {gate.limit}); "
+                                        "retry shortly", [(b"retry-after", b"1")])
+            return
+        gate.depth += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            gate.depth -= 1

@@ -24,14 +24,24 @@ def inspect(
                                    "the model's own pixel budget applies too (docs/serving.md)."),
     max_model_pixels: int = typer.Option(None, help="Largest input the model sees (w x h after its resize); "
                                          "default 4x the fitted input area."),
+    executor: str = typer.Option("local", help="local | ray (an actor pool on Ray; docs/scaling.md)."),
+    address: str = typer.Option(None, help="--executor ray: the Ray cluster to join (default: start a local "
+                                "Ray on this machine's cores)."),
+    workers: int = typer.Option(None, help="--executor ray: actors (default one per CPU of the cluster)."),
 ) -> None:
     """Score every image: verdict against the deployable threshold, defect boxes, optional heatmaps.
     Exits 1 when every image failed or the inference engine failed (rows are still written)."""
-    model = load_engine(run, engine)
-    if max_model_pixels is not None:
-        model.max_model_pixels = max_model_pixels
-    s = inspect_folder(model, folder, out, heatmaps=heatmaps, batch_size=batch_size,
-                       retry_errors=retry_errors, max_pixels=max_pixels)
+    if executor == "local":
+        model = load_engine(run, engine)
+        if max_model_pixels is not None:
+            model.max_model_pixels = max_model_pixels
+        s = inspect_folder(model, folder, out, heatmaps=heatmaps, batch_size=batch_size,
+                           retry_errors=retry_errors, max_pixels=max_pixels)
+    else:  # every worker loads the run itself
+        s = inspect_folder(run, folder, out, heatmaps=heatmaps, batch_size=batch_size, engine=engine,
+                           retry_errors=retry_errors, max_pixels=max_pixels,
+                           max_model_pixels=max_model_pixels, executor=executor, address=address,
+                           workers=workers)
     typer.echo(f"{s.total} images: {s.skipped} already in {s.csv}, {s.inspected} inspected "
                f"({s.defects} defect, {s.inspected - s.defects} good), {s.errors} errors")
     if s.failed:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from defectlab.anomaly.coreset import StreamingCoreset
 from defectlab.anomaly.features import BackboneFeatures, gaussian_blur, patch_embedding, upsample
 from defectlab.anomaly.geometry import letterbox_box
-from defectlab.anomaly.patchcore import nearest
+from defectlab.anomaly.search import torch_nearest as nearest
 from defectlab.data.dataset import DefectDataset
 from defectlab.data.index import open_dataset
 from defectlab.data.io import load_mask, read_info

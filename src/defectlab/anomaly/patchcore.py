@@ -38,6 +38,7 @@ from defectlab.anomaly.base import AnomalyModel, AnomalyOutput, image_batches
 from defectlab.anomaly.coreset import StreamingCoreset
 from defectlab.anomaly.features import BackboneFeatures, gaussian_blur, patch_embedding, upsample
 from defectlab.anomaly.registry import ANOMALY_MODELS
+from defectlab.anomaly.search import nearest
 from defectlab.errors import ConfigError
 
 
@@ -54,18 +55,7 @@ class PatchCoreConfig:
     num_neighbours: int = 9  # b in the paper's re-weighting (1 = plain max of the patch scores)
     sigma: float = 8.0  # Gaussian smoothing of the map, in input pixels (one stride of the finest layer)
     seed: int = 0  # coreset starting points and projection
-
-
-def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
-            max_elems: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distance and index of each query row's nearest bank row, in bounded-memory chunks."""
-    step = max(1, max_elems // max(1, bank.shape[0]))
-    idx = []
-    for q in queries.split(step):  # ||q||^2 is the same for every bank row: leave it out of the argmin
-        idx.append(torch.addmm(bank_sq, q, bank.T, alpha=-2.0).argmin(dim=1))
-    index = torch.cat(idx)
-    # exact distances to the chosen rows (the expanded form loses precision when norms are large)
-    return torch.linalg.vector_norm(queries - bank[index], dim=1), index
+    search: str = "auto"  # nearest-neighbour search (anomaly.search): auto = torch, exact FAISS from 200k rows
 
 
 def reweighted_score(queries: torch.Tensor, patch: torch.Tensor, idx: torch.Tensor, bank: torch.Tensor,
@@ -143,7 +133,7 @@ class PatchCore(AnomalyModel):
         self._check_fitted()
         b, c, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        dist, idx = nearest(queries.reshape(-1, c), self.memory_bank_, self.bank_sq_)
+        dist, idx = nearest(queries.reshape(-1, c), self.memory_bank_, self.bank_sq_, backend=self.config.search)
         patch = dist.view(b, h * w)
         scores = reweighted_score(queries, patch, idx.view(b, -1), self.memory_bank_, self.bank_sq_,
                                   self.config.num_neighbours)

@@ -27,6 +27,10 @@ def inspect(
     records: str = typer.Option(None, help="Record every inspection in this store (a folder or a database URL)."),
     records_images: Path = typer.Option(None, help="Image folder of a database-URL record store."),
     source: str = typer.Option("", help="Line/station tag stored with each record."),
+    executor: str = typer.Option("local", help="local | ray (an actor pool on Ray; docs/scaling.md)."),
+    address: str = typer.Option(None, help="--executor ray: the Ray cluster to join (default: start a local "
+                                "Ray on this machine's cores)."),
+    workers: int = typer.Option(None, help="--executor ray: actors (default one per CPU of the cluster)."),
 ) -> None:
     """Score every image: verdict against the deployable threshold, defect boxes, optional heatmaps.
     Exits 1 when every image failed or the inference engine failed (rows are still written)."""
@@ -35,11 +39,17 @@ def inspect(
         from defectlab.records import open_store
 
         store = open_store(records, images=records_images)
-    model = load_engine(run, engine)
-    if max_model_pixels is not None:
-        model.max_model_pixels = max_model_pixels
-    s = inspect_folder(model, folder, out, heatmaps=heatmaps, batch_size=batch_size,
-                       retry_errors=retry_errors, max_pixels=max_pixels, records=store, source=source)
+    if executor == "local":
+        model = load_engine(run, engine)
+        if max_model_pixels is not None:
+            model.max_model_pixels = max_model_pixels
+        s = inspect_folder(model, folder, out, heatmaps=heatmaps, batch_size=batch_size,
+                           retry_errors=retry_errors, max_pixels=max_pixels, records=store, source=source)
+    else:  # every worker loads the run itself
+        s = inspect_folder(run, folder, out, heatmaps=heatmaps, batch_size=batch_size, engine=engine,
+                           retry_errors=retry_errors, max_pixels=max_pixels,
+                           max_model_pixels=max_model_pixels, executor=executor, address=address,
+                           workers=workers, records=store, source=source)
     typer.echo(f"{s.total} images: {s.skipped} already in {s.csv}, {s.inspected} inspected "
                f"({s.defects} defect, {s.inspected - s.defects} good), {s.errors} errors")
     if s.failed:

@@ -10,6 +10,7 @@ import typer
 from defectlab.config import from_dict, load_yaml
 from defectlab.segment.model import SegConfig
 
+DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda[:N] | mps"
 app = typer.Typer(help="Supervised defect segmentation (U-Net): fit, test, predict.", no_args_is_help=True)
 
 
@@ -29,8 +30,13 @@ def fit(
     test_fraction: float = typer.Option(None, help="Share of each defect type held out (no manifest)."),
     max_good_train: int = typer.Option(None, help="Good images (empty masks) used for training at most."),
     seed: int = typer.Option(None),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
-    """Train a U-Net; writes RUN/config.yaml, split.json, model.pt, history.json."""
+    """Train a U-Net; writes RUN/config.yaml, split.json, model.pt, history.json.
+
+    Data-parallel on N GPUs or CPU processes:
+    torchrun --standalone --nproc-per-node N -m defectlab segment fit ..."""
+    from defectlab.distributed import is_rank0
     from defectlab.segment.run import fit_run
 
     values = load_yaml(config) if config else {}
@@ -40,7 +46,9 @@ def fit(
     if values.get("encoder") == "mobilenet_v2" and "weights" not in values:
         values["weights"] = "imagenet"
     cfg = from_dict(SegConfig, values, where=str(config) if config else "segment options")
-    seg = fit_run(data, out, cfg, manifest=manifest)
+    seg = fit_run(data, out, cfg, manifest=manifest, device=device)
+    if not is_rank0():
+        return
     last = seg.history_[-1]["loss"] if seg.history_ else float("nan")
     typer.echo(f"trained {cfg.encoder} U-Net ({cfg.mode}, classes {seg.classes_}) for {cfg.epochs} epochs, "
                f"final loss {last:.4f}; run in {out}")
@@ -53,6 +61,7 @@ def test(
     overlays: int = typer.Option(4, help="Overlay PNGs per defect type."),
     split_from: Path = typer.Option(None, "--split-from", help="Test on this U-Net run's held-out images."),
     threshold: float = typer.Option(None, help="Anomaly runs: map threshold (default: its pixel one)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " (U-Net runs)"),
 ) -> None:
     """IoU / Dice per defect type, pixel AUROC, AUPRO; writes RUN/metrics.json and RUN/overlays/.
 
@@ -60,7 +69,8 @@ def test(
     way (RUN/localisation.json), e.g. on a U-Net run's held-out images with --split-from."""
     from defectlab.segment.run import evaluate_run
 
-    m = evaluate_run(run, data, n_overlays=overlays, split_from=split_from, threshold=threshold)
+    m = evaluate_run(run, data, n_overlays=overlays, split_from=split_from, threshold=threshold,
+                     device=device)
     for dt, v in m["per_type"].items():
         typer.echo(f"{dt:>14}: IoU {v['iou']:.3f}  Dice {v['dice']:.3f}  (n={v['n']})")
     if "good" in m:
@@ -75,12 +85,13 @@ def predict(
     run: Path = typer.Argument(..., help="Run folder from 'segment fit'."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(None, "--out", help="Output folder (default RUN/predictions)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Masks (<stem>_mask.png), overlays and predictions.json with regions for each image."""
     from defectlab.segment.run import predict_run
 
     dest = out or run / "predictions"
-    res = predict_run(run, images, dest)
+    res = predict_run(run, images, dest, device=device)
     typer.echo(f"{sum(r['is_defect'] for r in res)}/{len(res)} images with defect pixels; wrote {dest}")
 
 

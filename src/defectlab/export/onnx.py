@@ -6,7 +6,7 @@
   layer`` (any feature-based method); batch, height and width are free (``native`` inputs vary in size);
 * ``scorer.onnx``: the whole scorer where the method allows it, ``image -> scores (B,), maps (B,H,W)``.
   PatchCore is exportable end to end: patch embedding, nearest bank row by ``|B|^2 - 2 q.B^T`` (MatMul +
-  ArgMin) and the exact distance to it (``patchcore.nearest``'s formulas), the re-weighted score
+  ArgMin) and the exact distance to it (``anomaly.search.torch_nearest``'s formulas), the re-weighted score
   (``patchcore.reweighted_score``, the same function the torch path runs), bilinear upsampling and the blur;
 * ``onnx.json``: what was exported, opset, the sha256 of the model file it came from (a re-fitted run makes
   the export stale: refused on load) and the largest |onnx - torch| difference seen at export.
@@ -65,7 +65,7 @@ class PatchCoreGraph(nn.Module):
         emb = patch_embedding(self.extractor(x), neighbourhood=self.cfg.neighbourhood,
                               max_dim=self.cfg.max_feature_dim)
         q = emb.flatten(2).transpose(1, 2)  # (B, P, C)
-        idx = (self.bank_sq - 2 * (q @ self.bank.T)).argmin(dim=-1)  # (B, P): patchcore.nearest, unchunked
+        idx = (self.bank_sq - 2 * (q @ self.bank.T)).argmin(dim=-1)  # (B, P): search.torch_nearest, unchunked
         patch = ((q - self.bank[idx]) ** 2).sum(-1).sqrt()  # exact distance to the chosen row, as there
         maps = gaussian_blur(upsample(patch.view_as(emb[:, 0]), x.shape[-2:]), self.cfg.sigma)
         return reweighted_score(q, patch, idx, self.bank, self.bank_sq, self.cfg.num_neighbours), maps

@@ -8,6 +8,8 @@
 * ``<csv>.inflight`` names the images being decoded and scored; a run killed by one of them (out of
   memory, a crashing decoder) is not killed again: see ``InFlight``.
 * Decoding of the next batch overlaps with inference of the current one (a small thread pool).
+* ``executor="ray"`` scores the same batches on a Ray actor pool instead (``defectlab.inspect.executors``);
+  rows are written in the same order, so the CSV is the same.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from defectlab.config import atomic_path, atomic_write_text
 from defectlab.data.io import DEFAULT_MAX_PIXELS, Decoded, decode_for_model, is_image_file
 from defectlab.errors import BadInputError, ConfigError, DefectLabError
 from defectlab.inspect.engine import Engine, load_engine
+from defectlab.inspect.executors import UnitJob, check_executor, ray_unit_rows
 from defectlab.inspect.render import overlay
 
 log = logging.getLogger(__name__)
@@ -223,20 +226,36 @@ def inspect_folder(
     on_row: Callable[[dict], None] | None = None,
     records: object | None = None,  # a defectlab.records.RecordStore: every inspected image is recorded
     source: str = "",  # line/station tag stored with each record
+    executor: str = "local",  # "local" | "ray" (defectlab.inspect.executors)
+    address: str | None = None,  # ray: the cluster to join (None: a local Ray)
+    workers: int | None = None,  # ray: actors
+    max_model_pixels: int | None = None,
 ) -> InspectSummary:
     """Inspect every image under ``folder`` with a fitted run (or an already loaded engine); rows go to
     the CSV ``out`` (appended: resumable). With ``heatmaps``, an overlay PNG per image goes there.
     ``max_pixels``: the decode limit (file width x height); the model's own pixel budget applies too
-    (``Detector.input_size``). ``on_row(row)`` is called for every row written (after it is on disk)."""
+    (``Detector.input_size``). ``on_row(row)`` is called for every row written (after it is on disk).
+    ``executor``: ``local`` (this process) or ``ray`` (an actor pool, each actor loading ``run`` once: ``run``
+    must then be the run folder; ``address`` joins a Ray cluster, else a local Ray is started; ``workers``
+    actors, default one per CPU); ``max_model_pixels`` is set on the engine(s) when given."""
     folder, out = Path(folder), Path(out)
+    check_executor(executor)
+    if executor != "local" and not isinstance(run, (str, Path)):
+        raise ConfigError(f"executor '{executor}' loads the run in every worker: give the run folder")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if not folder.is_dir():
         raise BadInputError(folder, "not a folder")
     heat_dir = Path(heatmaps) if heatmaps is not None else None
     images = find_images(folder, exclude=[heat_dir] if heat_dir else [])
-    model = load_engine(run, engine) if isinstance(run, (str, Path)) else run
-    columns = COLUMNS + tuple(getattr(model, "extra_columns", ()))  # a verdict bundle adds its columns
+    model = None
+    if executor == "local":
+        model = load_engine(run, engine) if isinstance(run, (str, Path)) else run
+        if max_model_pixels is not None:
+            model.max_model_pixels = max_model_pixels  # type: ignore[attr-defined]
+    elif records is not None:
+        raise ConfigError("--records works with the local executor only for now")
+    columns = COLUMNS + tuple(getattr(model, "extra_columns", ()) if model is not None else _extra_columns(run))
     done = read_done(out, retry_errors=retry_errors, columns=columns)
     todo = [p for p in images if p.relative_to(folder).as_posix() not in done]
     summary = InspectSummary(out, len(images), len(images) - len(todo), 0, 0, 0)
@@ -271,6 +290,13 @@ def inspect_folder(
             fh.flush()
         if given_up:
             write(given_up)
+        if executor == "ray":  # the same units, scored by actors, written in order
+            job = UnitJob(str(run), engine, str(folder), str(heat_dir) if heat_dir else None, max_pixels,
+                          max_model_pixels)
+            for rows in ray_unit_rows(job, [[rel(p) for p in b] for b, _ in units], address=address,
+                                      workers=workers):
+                write(rows)
+            units = []
         pending: list[Future] | None = None
         for i, (batch, single) in enumerate(units):
             nxt = units[i + 1] if i + 1 < len(units) else None
@@ -291,6 +317,13 @@ def inspect_folder(
             write(rows)
         inflight.clear()
     return summary
+
+
+def _extra_columns(run: str | Path | Engine) -> tuple[str, ...]:
+    """The CSV columns a run adds, read without loading its model (the Ray driver never does)."""
+    from defectlab.verdict.bundle import Bundle, is_bundle
+
+    return tuple(Bundle.extra_columns) if isinstance(run, (str, Path)) and is_bundle(run) else ()
 
 
 def _batch_rows(model: Engine, folder: Path, batch: list[Path], loaded: list[Decoded | str],

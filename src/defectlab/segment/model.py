@@ -3,6 +3,11 @@
 Binary mode has one output channel (defect vs background); ``multi`` mode has one sigmoid channel per
 defect type, trained on the mask of the image's defect type (the other channels see background).
 Images are squashed to ``size`` x ``size``; probabilities come back at each image's own size.
+
+``device`` (fit, load): ``auto | cpu | cuda[:N] | mps`` (``defectlab.devices``). Under ``torchrun`` with
+several processes, ``fit`` trains data-parallel (``defectlab.distributed``: DDP, each process a
+``DistributedSampler`` share of ``batch_size // world_size`` images per step, so the global batch and the
+steps per epoch stay those of one process); the loss history is summed over processes.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from defectlab import distributed
 from defectlab.config import atomic_path, from_dict, to_dict
 from defectlab.data.dataset import DefectDataset
 from defectlab.data.index import GOOD, SampleRecord
 from defectlab.data.transforms import PairTransform
+from defectlab.devices import resolve_device
 from defectlab.errors import BadInputError, ConfigError
 from defectlab.segment.losses import bce_dice_loss
 from defectlab.segment.unet import build_unet
@@ -69,33 +76,48 @@ class Segmenter:
         w = None if weights in (None, "none", "random") and cfg.encoder == "small" else weights
         return build_unet(encoder=cfg.encoder, num_classes=n_out, base=cfg.base, weights=w)
 
-    def fit(self, records: list[SampleRecord], defect_types: list[str] | None = None) -> Segmenter:
+    def fit(self, records: list[SampleRecord], defect_types: list[str] | None = None, *,
+            device: str | torch.device = "auto") -> Segmenter:
         cfg = self.config
+        env = distributed.setup(device)
         torch.manual_seed(cfg.seed)
-        torch.set_num_threads(max(1, cfg.num_threads))
+        threads = cfg.num_threads // env.world_size if env.device.type == "cpu" else cfg.num_threads
+        torch.set_num_threads(max(1, threads))
         self.classes_ = list(defect_types or sorted({r.defect_type for r in records} - {GOOD}))
         n_out = 1 if cfg.mode == "binary" else len(self.classes_)
         self.model_ = self._build(n_out, cfg.weights)
+        net = distributed.wrap(self.model_, env)  # DDP when distributed; self.model_ stays the bare model
         class_to_idx = {GOOD: 0, **{c: i + 1 for i, c in enumerate(self.classes_)}}
         ds = DefectDataset(records, PairTransform(cfg.size, augment=cfg.augment), class_to_idx=class_to_idx)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                            drop_last=len(ds) > cfg.batch_size)
+        shard = None
+        if env.distributed:
+            shard = distributed.sampler(ds, env, seed=cfg.seed)
+            per = max(1, cfg.batch_size // env.world_size)
+            loader = DataLoader(ds, batch_size=per, sampler=shard, drop_last=len(shard) > per)
+        else:
+            gen = torch.Generator().manual_seed(cfg.seed)
+            loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                                drop_last=len(ds) > cfg.batch_size)
         opt = torch.optim.AdamW(self.model_.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * len(loader)))
         self.history_: list[dict[str, float]] = []
-        self.model_.train()
+        net.train()
         for epoch in range(cfg.epochs):
+            if shard is not None:
+                shard.set_epoch(epoch)
             t0, total, n = time.time(), 0.0, 0
-            for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False):
-                target = self._target(batch.mask, batch.label, n_out)
-                loss = bce_dice_loss(self.model_(batch.image), target, dice_weight=cfg.dice_weight)
+            for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                              disable=not env.is_rank0):
+                image = batch.image.to(env.device)
+                target = self._target(batch.mask, batch.label, n_out).to(env.device)
+                loss = bce_dice_loss(net(image), target, dice_weight=cfg.dice_weight)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
                 total += loss.item() * len(batch.image)
                 n += len(batch.image)
+            total, n = distributed.all_reduce_sum([total, n], env)
             self.history_.append({"epoch": epoch + 1, "loss": total / max(n, 1), "seconds": time.time() - t0})
             log.info("epoch %d loss %.4f", epoch + 1, total / max(n, 1))
         self.model_.eval()
@@ -109,6 +131,11 @@ class Segmenter:
         return mask * onehot[:, :, None, None]
 
     # ---------------------------------------------------------------------------------- predicting
+    @property
+    def device(self) -> torch.device:
+        self._check()
+        return next(self.model_.parameters()).device
+
     def _check(self) -> None:
         if not hasattr(self, "model_"):
             raise ConfigError("the segmenter is not fitted: call fit() or load a run")
@@ -122,7 +149,7 @@ class Segmenter:
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
             x = torch.stack([tf(im.convert("RGB"), None)[0] for im in chunk])
-            prob = torch.sigmoid(self.model_(x))
+            prob = torch.sigmoid(self.model_(x.to(self.device))).cpu()
             for im, p in zip(chunk, prob, strict=True):
                 p = F.interpolate(p[None], size=(im.height, im.width), mode="bilinear",
                                   align_corners=False)[0]
@@ -143,7 +170,7 @@ class Segmenter:
                         "state_dict": self.model_.state_dict(), "history": self.history_}, tmp)
 
     @classmethod
-    def load(cls, path: str | Path) -> Segmenter:
+    def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> Segmenter:
         path = Path(path)
         if not path.is_file():
             raise BadInputError(path, "segmentation checkpoint not found")
@@ -159,5 +186,5 @@ class Segmenter:
             problem = f"not a defectlab segmentation checkpoint ({type(exc).__name__})"
             raise BadInputError(path, problem) from None
         self.history_ = list(ckpt.get("history", []))
-        self.model_.eval()
+        self.model_.to(resolve_device(device)).eval()
         return self

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from defectlab import distributed
 from defectlab.config import load_yaml, write_json, write_yaml
 from defectlab.data.dataset import load_pair
 from defectlab.data.index import GOOD, SampleRecord
@@ -43,27 +44,36 @@ def _rec(d: dict[str, Any]) -> SampleRecord:
 
 
 def fit_run(data: str | Path, out: str | Path, config: SegConfig, *,
-            manifest: str | Path | None = None) -> Segmenter:
+            manifest: str | Path | None = None, device: str = "auto") -> Segmenter:
+    """Split, train, save. Under ``torchrun`` every process trains its share (DDP) and process 0 alone
+    writes the run folder."""
     out = Path(out)
-    index = open_source(data, manifest)
-    split = segmentation_split(index, test_fraction=config.test_fraction, seed=config.seed,
-                               max_good_train=config.max_good_train)
-    write_yaml(out / "config.yaml", {"data": str(Path(data).resolve()),
-                                     "manifest": str(manifest) if manifest else None, "segment": config})
-    write_json(out / "split.json", {k: [_rec_dict(r) for r in v] for k, v in split.items()})
-    seg = Segmenter(config).fit(split["train"], index.defect_types)
-    seg.save(out / MODEL_FILE)
-    write_json(out / "history.json", seg.history_)
+    env = distributed.setup(device)
+    try:
+        index = open_source(data, manifest)
+        split = segmentation_split(index, test_fraction=config.test_fraction, seed=config.seed,
+                                   max_good_train=config.max_good_train)
+        if env.is_rank0:
+            write_yaml(out / "config.yaml", {"data": str(Path(data).resolve()), "segment": config,
+                                             "manifest": str(manifest) if manifest else None})
+            write_json(out / "split.json", {k: [_rec_dict(r) for r in v] for k, v in split.items()})
+        seg = Segmenter(config).fit(split["train"], index.defect_types, device=device)
+        if env.is_rank0:
+            seg.save(out / MODEL_FILE)
+            write_json(out / "history.json", seg.history_)
+        distributed.barrier(env)  # the run folder is complete when any process returns
+    finally:
+        distributed.teardown()
     return seg
 
 
-def load_run(run: str | Path) -> tuple[Segmenter, dict[str, Any]]:
+def load_run(run: str | Path, device: str = "auto") -> tuple[Segmenter, dict[str, Any]]:
     run = Path(run)
     if not (run / MODEL_FILE).is_file():
         raise BadInputError(run, f"not a segmentation run (no {MODEL_FILE}); "
                                  "make one with 'defectlab segment fit'")
     cfg = load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
-    return Segmenter.load(run / MODEL_FILE), cfg
+    return Segmenter.load(run / MODEL_FILE, device=device), cfg
 
 
 def test_records(run: Path, cfg: dict[str, Any], data: str | Path | None) -> list[SampleRecord]:
@@ -108,7 +118,7 @@ def evaluate_anomaly_run(run: str | Path, records: list[SampleRecord], *, thresh
 
 def evaluate_run(run: str | Path, data: str | Path | None = None, *, n_overlays: int = 4,
              split_from: str | Path | None = None, threshold: float | None = None,
-             batch_size: int = 8) -> dict[str, Any]:
+             batch_size: int = 8, device: str = "auto") -> dict[str, Any]:
     """Evaluate a segmentation run, or an anomaly run (``detector.json``) on the same footing.
 
     Images: ``split_from`` (a segmentation run: its held-out images, so both methods see the same ones),
@@ -122,7 +132,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, n_overlays:
         else:
             raise BadInputError(run, "an anomaly run needs DATA or --split-from SEGMENT_RUN to test on")
         return evaluate_anomaly_run(run, records, threshold=threshold)
-    seg, cfg = load_run(run)
+    seg, cfg = load_run(run, device)
     records = test_records(Path(split_from), {}, None) if split_from else test_records(run, cfg, data)
     if not records:
         raise BadInputError(run, "no test images")
@@ -131,7 +141,8 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, n_overlays:
     for i in tqdm(range(0, len(records), batch_size), desc="segment test", leave=False):
         chunk = records[i : i + batch_size]
         pairs = [load_pair(r) for r in chunk]
-        for r, (image, mask), prob in zip(chunk, pairs, seg.predict_proba([p[0] for p in pairs]), strict=True):
+        chunk_probs = seg.predict_proba([p[0] for p in pairs])
+        for r, (image, mask), prob in zip(chunk, pairs, chunk_probs, strict=True):
             probs.append(prob)
             masks.append(mask)
             if shown.get(r.defect_type, 0) < n_overlays:
@@ -162,8 +173,9 @@ def _image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def predict_run(run: str | Path, images: list[Path], out: str | Path) -> list[dict[str, Any]]:
-    seg, _ = load_run(run)
+def predict_run(run: str | Path, images: list[Path], out: str | Path,
+                device: str = "auto") -> list[dict[str, Any]]:
+    seg, _ = load_run(run, device)
     out = Path(out)
     results = []
     for f in tqdm(_image_files(images), desc="segment predict", leave=False):

@@ -50,6 +50,9 @@ def fit(
     standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize",
                                                help="Per-image intensity standardisation (default on)."),
     coreset_ratio: Optional[float] = typer.Option(None, help="PatchCore memory-bank fraction (default 0.01)."),
+    search: Optional[str] = typer.Option(None, help="PatchCore nearest-neighbour search: auto (default: exact "
+                                                    "FAISS from 200k bank rows) | torch | faiss | faiss-ivf | "
+                                                    "faiss-hnsw."),
     holdout: Optional[float] = typer.Option(None, help="Fraction of train/good kept for the threshold (0.1)."),
     holdout_group: Optional[str] = typer.Option(
         None, help="Which images show one part (held out whole): auto (default: near-duplicate pixels) | none | "
@@ -71,7 +74,7 @@ def fit(
     cfg = _resolve(base, {"data": str(data), "model": model, "image_size": image_size, "resize": resize,
                           "standardize": standardize, "holdout": holdout, "holdout_group": holdout_group,
                           "false_alarm": false_alarm, "quantile": quantile, "batch_size": batch_size},
-                   {"backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio})
+                   {"backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio, "search": search})
     resolved = to_dict(cfg)
     previous = out / CONFIG_FILE
     if not force and (out / META_FILE).is_file() and previous.is_file() and load_yaml(previous) == resolved:

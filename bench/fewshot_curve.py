@@ -104,6 +104,20 @@ def load_features(det: Detector, run: Path, data: Path, args: argparse.Namespace
     return feats, parts
 
 
+def test_sample(args: argparse.Namespace) -> tuple[Detector, Features, dict, list[int], list[int], list[str], list[str]]:
+    """(detector, features, index parts, defect test indices, good test indices, tile keys of the defects,
+    defect classes) for ``--data`` and ``--anomaly-run``: the setup both benchmarks share."""
+    data, run = Path(args.data), Path(args.anomaly_run)
+    det = Detector.load(run)
+    feats, parts = load_features(det, run, data, args)
+    test = parts["test"]
+    defects = [i for i in test if feats.records[i].defect_type != GOOD]
+    goods = [i for i in test if feats.records[i].defect_type == GOOD]
+    keys = read_groups(data.parent / "magnetic_tile_tiles.csv", data, [feats.records[i].path for i in defects])
+    classes = sorted({feats.records[i].defect_type for i in defects})
+    return det, feats, parts, defects, goods, keys, classes
+
+
 def pool_pair(amap: torch.Tensor, mask: torch.Tensor, stride: int) -> tuple[np.ndarray, np.ndarray]:
     if stride == 1:
         return amap.numpy(), mask.numpy()
@@ -164,19 +178,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fewshot_magnetic_tile.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    data, run = Path(args.data), Path(args.anomaly_run)
+    data = Path(args.data)
     if not data.is_dir():
         print(f"{data}: dataset not present", file=sys.stderr)
         return 2
-    det = Detector.load(run)
-    feats, parts = load_features(det, run, data, args)
-    test = parts["test"]
-    defects = [i for i in test if feats.records[i].defect_type != GOOD]
-    goods = [i for i in test if feats.records[i].defect_type == GOOD]
-    keys = read_groups(
-        data.parent / "magnetic_tile_tiles.csv", data, [feats.records[i].path for i in defects]
-    )
-    classes = sorted({feats.records[i].defect_type for i in defects})
+    det, feats, parts, defects, goods, keys, classes = test_sample(args)
     thr = det.thresholds.pixel
     rows = []
     for shots in args.shots:

@@ -39,11 +39,11 @@ from defectlab.data.index import GOOD
 from defectlab.metrics.classification import balanced_accuracy, confusion_matrix, macro_f1
 from defectlab.verdict.bundle import Bundle, build_bundle
 from defectlab.verdict.fewshot import RefineConfig, Refiner
-from defectlab.verdict.refine_run import Features, draw_shots, read_groups, save_refiner, training_pairs
+from defectlab.verdict.refine_run import Features, draw_shots, save_refiner, training_pairs
 from defectlab.verdict.rule import VerdictRule, decide
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot_curve import DATA, ROOT, data_args, load_features  # noqa: E402
+from fewshot_curve import DATA, ROOT, data_args, test_sample  # noqa: E402
 
 
 def scores_of(y: list[str], p: list[str], labels: list[str]) -> dict:
@@ -119,15 +119,7 @@ def main() -> int:
     if not data.is_dir():
         print(f"{data}: dataset not present", file=sys.stderr)
         return 2
-    det = Detector.load(run)
-    feats, parts = load_features(det, run, data, args)
-    test = parts["test"]
-    defects = [i for i in test if feats.records[i].defect_type != GOOD]
-    goods = [i for i in test if feats.records[i].defect_type == GOOD]
-    keys = read_groups(
-        data.parent / "magnetic_tile_tiles.csv", data, [feats.records[i].path for i in defects]
-    )
-    classes = sorted({feats.records[i].defect_type for i in defects})
+    det, feats, parts, defects, goods, keys, classes = test_sample(args)
     labels = [GOOD, *classes]
     thr = det.thresholds
     k = args.shots if args.shots == "half" else int(args.shots)

@@ -104,7 +104,9 @@ def load_features(det: Detector, run: Path, data: Path, args: argparse.Namespace
     return feats, parts
 
 
-def test_sample(args: argparse.Namespace) -> tuple[Detector, Features, dict, list[int], list[int], list[str], list[str]]:
+def shared_setup(
+    args: argparse.Namespace,
+) -> tuple[Detector, Features, dict, list[int], list[int], list[str], list[str]]:
     """(detector, features, index parts, defect test indices, good test indices, tile keys of the defects,
     defect classes) for ``--data`` and ``--anomaly-run``: the setup both benchmarks share."""
     data, run = Path(args.data), Path(args.anomaly_run)
@@ -182,7 +184,7 @@ def main() -> int:
     if not data.is_dir():
         print(f"{data}: dataset not present", file=sys.stderr)
         return 2
-    det, feats, parts, defects, goods, keys, classes = test_sample(args)
+    det, feats, parts, defects, goods, keys, classes = shared_setup(args)
     thr = det.thresholds.pixel
     rows = []
     for shots in args.shots:

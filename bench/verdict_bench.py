@@ -43,7 +43,7 @@ from defectlab.verdict.refine_run import Features, draw_shots, save_refiner, tra
 from defectlab.verdict.rule import VerdictRule, decide
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot_curve import DATA, ROOT, data_args, test_sample  # noqa: E402
+from fewshot_curve import DATA, ROOT, data_args, shared_setup  # noqa: E402
 
 
 def scores_of(y: list[str], p: list[str], labels: list[str]) -> dict:
@@ -119,7 +119,7 @@ def main() -> int:
     if not data.is_dir():
         print(f"{data}: dataset not present", file=sys.stderr)
         return 2
-    det, feats, parts, defects, goods, keys, classes = test_sample(args)
+    det, feats, parts, defects, goods, keys, classes = shared_setup(args)
     labels = [GOOD, *classes]
     thr = det.thresholds
     k = args.shots if args.shots == "half" else int(args.shots)

@@ -119,7 +119,7 @@ def test_cmd(
 
 
 def _run_test(det, index, run: Path, cfg) -> None:  # noqa: ANN001 (types from lazy imports)
-    from defectlab.anomaly.runner import write_evaluation
+    from defectlab.report.anomaly_run import write_evaluation
 
     res = write_evaluation(det, index, run, cfg)
     overall = res.metrics.get("all", {})

@@ -17,9 +17,10 @@ from defectlab.data.synthetic import SynthConfig, make_synthetic
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Where to write the dataset and the reports.")) -> None:
     """Generate a synthetic dataset, describe it, fit PatchCore on its good images, test, report, then build
     an inspection bundle from 2 labelled defects per type and give its verdicts."""
-    from defectlab.anomaly.runner import RunConfig, fit_detector, write_evaluation
+    from defectlab.anomaly.runner import RunConfig, fit_detector
     from defectlab.config import to_dict, write_yaml
     from defectlab.data.index import open_dataset
+    from defectlab.report.anomaly_run import write_evaluation
 
     data = make_synthetic(out / "data", SynthConfig(kind="object", seed=0))
     typer.echo(f"synthetic dataset: {data}")

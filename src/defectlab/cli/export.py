@@ -109,7 +109,7 @@ def import_voc_cmd(
 def onnx_cmd(run: Path = typer.Argument(..., help="A fitted anomaly run folder (defectlab anomaly fit)."),
              out: Path = typer.Option(None, "--out", help="Output folder (default RUN/onnx).")) -> None:
     """Anomaly run -> ONNX: the feature extractor, and the whole scorer where the method allows (PatchCore)."""
-    from defectlab.export.onnx import export_onnx  # owned by the inspection module (issue 7)
+    from defectlab.export.onnx import export_onnx
 
     s = export_onnx(run, out)
     scorer = s["scorer"]

@@ -409,6 +409,13 @@ def soak() -> Section | None:
                      f"{rss['mid']:.0f} -> {rss['end']:.0f} ({rss['growth_last_half_pct']:+.1f}%)",
                      f"{(m or {}).get('typical', {}).get('peak_mb', 0):.0f} / {big.get('peak_mb', 0):.0f} MB "
                      f"({big.get('peak_vs_typical', 0):.2f}x)"])
+    long = load("soak_magnetic_tile_20k.json")
+    long_run = (long or {}).get("soak_onnx")
+    if long_run:
+        lat, rss = long_run["latency_200_ms"], long_run["rss_mb"]
+        rows.append([f"onnx, {long['minutes_per_engine']:g} min", long_run["requests"], long_run["n_5xx"],
+                     f"{lat['p50']:.0f}", f"{lat['p95']:.0f}",
+                     f"{rss['mid']:.0f} -> {rss['end']:.0f} ({rss['growth_last_half_pct']:+.1f}%)", "-"])
     fixed = d.get("memory_torch_letterbox", {})
     poison = d.get("inspect_poison")
     mix = d["mix"]
@@ -425,6 +432,11 @@ def soak() -> Section | None:
                     f"{fixed['6300x6300.png']['peak_mb']:.0f} MB vs {fixed['typical']['peak_mb']:.0f} MB typical "
                     f"in {fixed['6300x6300.png']['latency_ms'] / 1000:.1f} s; a 6300x6300 JPEG (draft mode) "
                     f"{fixed['6300x6300.jpg']['peak_mb']:.0f} MB.")
+    if long_run:
+        reading += (f" The long run (`--engines onnx --minutes {long['minutes_per_engine']:g}`, "
+                    f"bench/results/soak_magnetic_tile_20k.json; {long['machine']}) sent "
+                    f"{long_run['requests']:,} requests of the same mix: {long_run['n_5xx']} were 5xx and RSS "
+                    f"stayed within {abs(long_run['rss_mb']['growth_last_half_pct']):.1f}% over its second half.")
     if poison:
         reading += (f" `inspect` over {poison['images']} images with 5 poison ones: {poison['rows']} rows, "
                     f"{poison['errors']} errors, exit code {poison['exit_code']}, one run.")

@@ -29,8 +29,6 @@ import json
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +44,7 @@ RESULTS = BENCH / "results"
 TMP = RESULTS / "tmp"
 sys.path.insert(0, str(ROOT))  # tests.records_pg: the throwaway PostgreSQL server
 from serve_bench import Server as EngineServer  # noqa: E402 - bench/ is the script's folder
-from serve_bench import _free_port, _pct  # noqa: E402
+from serve_bench import _pct  # noqa: E402
 
 
 def _machine() -> dict[str, Any]:
@@ -77,52 +75,10 @@ def test_images() -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in sorted(folder.rglob("*.png"))]
 
 
-class Server(EngineServer):
-    """``defectlab serve RUN [--records ...]`` in a subprocess on a free loopback port (2 threads)."""
-
-    def __init__(self, run: Path, records: list[str]) -> None:
-        import httpx
-
-        self.port = _free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT / "src")}
-        env.pop("DEFECTLAB_API_KEY", None)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import torch, sys; torch.set_num_threads(2); "
-                "from defectlab.cli import main; sys.exit(main())",
-                "serve",
-                str(run),
-                "--port",
-                str(self.port),
-                *records,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(TMP / f"records_server_{self.port}.log", "w"),  # noqa: SIM115 - the child owns it
-            env=env,
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 900  # a loaded 2-core machine starts torch slowly
-        while True:
-            try:
-                httpx.get(f"{self.base}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    log = (TMP / f"records_server_{self.port}.log").read_text()[-2000:]
-                    raise SystemExit(f"server did not start ({' '.join(records)}): {log}")
-                time.sleep(0.3)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
+def Server(run: Path, records: list[str]) -> EngineServer:  # noqa: N802 - reads as the class it builds
+    """``defectlab serve RUN [--records ...]``; its log kept under bench/results/tmp."""
+    log = TMP / f"records_server_{'_'.join(records).replace('/', '_')[-60:] or 'off'}.log"
+    return EngineServer(run, "torch", records, log=log, deadline_s=900)  # a loaded machine starts torch slowly
 
 
 def _store_args(backend: str, pg: str | None, tag: str, fresh: bool = True) -> tuple[list[str], str, Path]:

@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -121,38 +122,63 @@ def bench_inspect(run: Path, folder: Path, engine: str, heatmaps: bool) -> tuple
 
 
 class Server:
-    """``defectlab serve RUN --engine E`` in a subprocess on a free loopback port (2 threads)."""
+    """``defectlab serve RUN --engine E [EXTRA...]`` in a subprocess on a free loopback port (2 threads),
+    waited for until ``/ready`` answers; the one server harness of the serving, soak and records benches."""
 
-    def __init__(self, run: Path, engine: str) -> None:
+    def __init__(self, run: Path, engine: str = "torch", extra: Sequence[str] = (), *, log: Path | None = None,
+                 deadline_s: float = 300) -> None:
         import httpx
 
         self.port = _free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(ROOT / "src")}
         env.pop("DEFECTLAB_API_KEY", None)
+        self.log = open(log, "w") if log else None  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen([sys.executable, "-c", "import torch, sys; torch.set_num_threads(2); "
                                       "from defectlab.cli import main; sys.exit(main())", "serve", str(run),
-                                      "--port", str(self.port), "--engine", engine],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                      "--port", str(self.port), "--engine", engine, *extra],
+                                     stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
         self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + deadline_s
         while True:
             try:
-                httpx.get(f"{self.base}/health", timeout=2)
-                break
+                if httpx.get(f"{self.base}/ready", timeout=60).status_code == 200:
+                    break
             except httpx.TransportError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise SystemExit(f"server ({engine}) did not start")
-                time.sleep(0.3)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                tail = log.read_text()[-2000:] if log else ""
+                raise SystemExit(f"server ({engine} {' '.join(extra)}) did not become ready {tail}".rstrip())
+            time.sleep(0.3)
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system, all threads) the server process has used so far."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def close(self) -> None:
-        self.proc.terminate()
+    def status(self, key: str) -> int:
+        """A /proc/PID/status size field (``VmRSS``, ``VmHWM``) in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def kill(self) -> None:
+        self.proc.kill()
         self.proc.wait(timeout=30)
+
+    def close(self) -> float:
+        """SIGTERM and wait; seconds the server took to shut down."""
+        t0 = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+        if self.log:
+            self.log.close()
+        return time.monotonic() - t0
 
 
 def bench_servers(run: Path, folder: Path, n: int) -> dict[str, Any]:

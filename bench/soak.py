@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -40,16 +39,11 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from serve_bench import Server  # bench/ is the script's folder
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
@@ -110,45 +104,8 @@ def mixed_set(images: list[Path], scale: float, budget: int, n_real: int = 48) -
     return real * 3 + malformed + large * 4  # about 73% real, 8% malformed, 10% large
 
 
-class Server:
-    def __init__(self, run: Path, engine: str, extra: list[str] | None = None) -> None:
-        self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
-        self.log = open(RESULTS / "tmp" / f"soak_server_{engine}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "defectlab", "serve", str(run), "--engine",
-                                      engine, "--port", str(self.port), *(extra or [])],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=60).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready ({engine})")
-            time.sleep(0.5)
-
-    def status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def reset_peak(self) -> None:
-        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-
-    def stop(self) -> float:
-        t0 = time.monotonic()
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-        self.log.close()
-        return time.monotonic() - t0
-
-
 def soak(run: Path, engine: str, items: list[tuple[str, str, bytes]], requests: int, seconds: float) -> dict:
-    server = Server(run, engine)
+    server = Server(run, engine, log=RESULTS / "tmp" / f"soak_server_{engine}.log")
     rss: list[tuple[float, int]] = []
     stop = threading.Event()
 
@@ -182,7 +139,7 @@ def soak(run: Path, engine: str, items: list[tuple[str, str, bytes]], requests: 
                 i += 8
                 t0 = time.perf_counter()
                 try:
-                    r = http.post(f"{server.url}/inspect", files={"file": (name, data)},
+                    r = http.post(f"{server.base}/inspect", files={"file": (name, data)},
                                   params={"heatmap": "true" if i % 2 else "false"})
                     status = r.status_code
                 except httpx.TransportError as exc:  # e.g. the 21 MiB body cut off after its 413
@@ -199,8 +156,8 @@ def soak(run: Path, engine: str, items: list[tuple[str, str, bytes]], requests: 
     wall = time.monotonic() - t_start
     stop.set()
     sampler.join(5)
-    metrics = httpx.get(f"{server.url}/metrics").text
-    shutdown_s = server.stop()
+    metrics = httpx.get(f"{server.base}/metrics").text
+    shutdown_s = server.close()
     mb = [r / 2**20 for _, r in rss]
     n = len(mb)
     mid = float(np.mean(mb[int(n * 0.45): max(int(n * 0.55), int(n * 0.45) + 1)])) if n else 0.0
@@ -227,13 +184,13 @@ def request_memory(run: Path, engine: str, typical: bytes, cases: dict[str, byte
     request of the case. Reported as the process peak and as the rise above the RSS before it."""
     out: dict[str, Any] = {}
     for name, data in {"typical": typical, **cases}.items():
-        server = Server(run, engine)
+        server = Server(run, engine, log=RESULTS / "tmp" / f"soak_server_{engine}.log")
         for _ in range(3):
-            httpx.post(f"{server.url}/inspect", files={"file": ("t.png", typical)}, timeout=120)
+            httpx.post(f"{server.base}/inspect", files={"file": ("t.png", typical)}, timeout=120)
         before = server.status("VmRSS")
         server.reset_peak()
         t0 = time.perf_counter()
-        r = httpx.post(f"{server.url}/inspect", files={"file": (name, data)}, timeout=300)
+        r = httpx.post(f"{server.base}/inspect", files={"file": (name, data)}, timeout=300)
         elapsed = time.perf_counter() - t0
         peak = server.status("VmHWM")
         body = r.json()
@@ -241,7 +198,7 @@ def request_memory(run: Path, engine: str, typical: bytes, cases: dict[str, byte
                      "upload_kb": round(len(data) / 1024, 1), "latency_ms": round(elapsed * 1000, 1),
                      "rss_before_mb": round(before / 2**20, 1), "peak_mb": round(peak / 2**20, 1),
                      "rise_mb": round((peak - before) / 2**20, 1)}
-        server.stop()
+        server.close()
     for name in cases:
         out[name]["peak_vs_typical"] = round(out[name]["peak_mb"] / out["typical"]["peak_mb"], 3)
     return out

@@ -126,16 +126,18 @@ class Server:
     waited for until ``/ready`` answers; the one server harness of the serving, soak and records benches."""
 
     def __init__(self, run: Path, engine: str = "torch", extra: Sequence[str] = (), *, log: Path | None = None,
-                 deadline_s: float = 300) -> None:
+                 deadline_s: float = 300, command: Sequence[str] | None = None, src: Path = ROOT / "src") -> None:
+        """``command``: the serve command line before the run (default: ``defectlab serve`` with torch
+        imported first to set its threads); ``src``: the package source to run (PYTHONPATH)."""
         import httpx
 
         self.port = _free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(ROOT / "src")}
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(src)}
         env.pop("DEFECTLAB_API_KEY", None)
         self.log = open(log, "w") if log else None  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([sys.executable, "-c", "import torch, sys; torch.set_num_threads(2); "
-                                      "from defectlab.cli import main; sys.exit(main())", "serve", str(run),
-                                      "--port", str(self.port), "--engine", engine, *extra],
+        command = command or [sys.executable, "-c", "import torch, sys; torch.set_num_threads(2); "
+                              "from defectlab.cli import main; sys.exit(main())", "serve"]
+        self.proc = subprocess.Popen([*command, str(run), "--port", str(self.port), "--engine", engine, *extra],
                                      stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + deadline_s

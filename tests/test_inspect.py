@@ -227,4 +227,6 @@ def test_run_folder_paths_stay_inside_and_broken_models_are_one_line(
             assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, engine, err)
             expected = {"escape": "outside the run folder", "absolute": "must be a path inside the run folder",
                         "truncated": "cannot restore the detector", "threshold": "must be a finite number"}[case]
+            if case == "truncated" and engine == "onnx":  # the ONNX engine never reads the tensor file
+                expected = "the ONNX export is stale"
             assert expected in err, (case, engine, err)

@@ -11,32 +11,18 @@ Convention, stated once: **a higher score means more anomalous**, for image scor
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from defectlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from defectlab.runtime.prediction import Prediction  # noqa: F401  (re-exported: it lives torch-free)
 
 
 class AnomalyOutput(NamedTuple):
     scores: torch.Tensor  # (B,) image anomaly scores
     maps: torch.Tensor  # (B, H, W) pixel anomaly maps at the model's input resolution
-
-
-@dataclass
-class Prediction:
-    """One inspected image."""
-
-    path: str
-    score: float
-    threshold: float  # the deployable threshold the verdict used
-    is_defect: bool  # score > threshold
-    anomaly_map: np.ndarray  # (H, W) float32 at the original image size
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # x0, y0, x1, y1 (pixels, inclusive-exclusive)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,11 +23,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from defectlab.errors import ConfigError
+from defectlab.runtime.preprocess import (  # noqa: F401  (re-exported: torch-free constants)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESIZE_MODES,
+    STD_MEAN,
+    STD_SCALE,
+    as_hw,
+)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("squash", "letterbox", "crop")
-STD_MEAN, STD_SCALE = 0.45, 0.2  # ``standardize``: target intensity mean and spread (ImageNet-like range)
 AUGMENTS = ("none", "basic", "strong")
 
 
@@ -36,13 +40,6 @@ def standardize_intensity(image: torch.Tensor) -> torch.Tensor:
     ``STD_SCALE`` over all its pixels and channels (a flat image becomes uniform ``STD_MEAN``)."""
     x = image.float() / 255.0 if not image.is_floating_point() else image.float()
     return ((x - x.mean()) / (x.std() + 1e-6) * STD_SCALE + STD_MEAN).clamp_(0.0, 1.0)
-
-
-def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
 
 
 def resize_ops(size: int | Sequence[int], mode: str = "squash") -> list[v2.Transform]:

@@ -28,13 +28,13 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from defectlab.anomaly.base import Prediction
 from defectlab.config import atomic_path, atomic_write_text
 from defectlab.data.io import DEFAULT_MAX_PIXELS, Decoded, decode_for_model, is_image_file
 from defectlab.errors import BadInputError, ConfigError, DefectLabError
 from defectlab.inspect.engine import Engine, load_engine
 from defectlab.inspect.executors import UnitJob, check_executor, ray_unit_rows
 from defectlab.inspect.render import overlay
+from defectlab.runtime.prediction import Prediction
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,14 @@
-"""The ONNX Runtime engine behind ``inspect`` and ``serve --engine onnx``: a ``Detector`` whose model step runs
-the exported ``scorer.onnx`` (``defectlab export onnx RUN``) instead of torch.
+"""The ONNX Runtime engine behind ``inspect``, ``serve --engine onnx`` and ``defectlab-runtime``: the shared
+detector core (``defectlab.runtime.detector``) whose model step runs the exported ``scorer.onnx``
+(``defectlab export onnx RUN``). Torch-free: numpy, Pillow and onnxruntime only.
 
 The export writes ``RUN/onnx/``: ``features.onnx`` (the feature extractor), ``scorer.onnx`` (the whole
 scorer, where the method allows) and ``onnx.json`` (what was exported, from which model file: its sha256 must
 still match the run's, or the export is stale and refused).
+
+Devices: the CPU, or a CUDA GPU when the installed onnxruntime has the CUDA provider (the
+``onnxruntime-gpu`` package); ``auto`` takes CUDA when that provider is there, else the CPU. MPS is not an
+ONNX Runtime device (``--engine torch`` runs there).
 """
 
 from __future__ import annotations
@@ -13,56 +18,76 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from defectlab.anomaly.base import AnomalyOutput
-from defectlab.anomaly.detector import META_FILE as DETECTOR_META
-from defectlab.anomaly.detector import MODEL_FILE, Detector, inside_run, sha256_file
 from defectlab.errors import BadInputError, ConfigError
+from defectlab.runtime.detector import DetectorCore, inside_run
 
 ONNX_DIR = "onnx"
 FEATURES_FILE = "features.onnx"
 SCORER_FILE = "scorer.onnx"
 META_FILE = "onnx.json"
+CUDA = "CUDAExecutionProvider"
 
 
-def session(model_bytes_or_path: bytes | str, threads: int | None = None):  # type: ignore[no-untyped-def]
+def providers(device: str | None = "cpu") -> list[Any]:
+    """onnxruntime execution providers for ``device`` (``auto | cpu | cuda[:N]``); ConfigError otherwise."""
+    import onnxruntime as ort
+
+    name = (device or "cpu").strip().lower()
+    has_cuda = CUDA in ort.get_available_providers()
+    if name == "cpu" or (name == "auto" and not has_cuda):
+        return ["CPUExecutionProvider"]
+    if name == "auto" or name == "cuda" or name.startswith("cuda:"):
+        if not has_cuda:
+            raise ConfigError(f"--device '{name}': this onnxruntime has no CUDA provider (install "
+                              "onnxruntime-gpu, or use --device cpu, or --engine torch)")
+        index = name.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise ConfigError(f"--device '{name}' unknown; use auto, cpu, cuda or cuda:N")
+        return [(CUDA, {"device_id": int(index)}), "CPUExecutionProvider"]
+    if name == "mps":
+        raise ConfigError("--device mps: the ONNX engine runs on the CPU or CUDA; use --engine torch for MPS")
+    raise ConfigError(f"--device '{name}' unknown; use auto, cpu, cuda or cuda:N")
+
+
+def session(model_bytes_or_path: bytes | str, threads: int | None = None, device: str | None = "cpu"):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model_bytes_or_path, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes_or_path, sess_options=opts, providers=providers(device))
 
 
-def base_sha256(run_dir: Path) -> str:
-    """sha256 of the run's model file (the one detector.json names)."""
-    meta = json.loads((run_dir / DETECTOR_META).read_text())
-    return sha256_file(inside_run(run_dir, meta.get("model_file", MODEL_FILE), run_dir / DETECTOR_META))
-
-
-class OnnxDetector(Detector):
-    """A ``Detector`` whose model step runs the exported ``scorer.onnx`` in onnxruntime (CPU)."""
+class OnnxDetector(DetectorCore):
+    """The detector core whose model step runs the exported ``scorer.onnx`` in onnxruntime."""
 
     session: Any = None
+    onnx_meta: dict[str, Any] = {}
 
-    def predict_tensor(self, images: torch.Tensor) -> AnomalyOutput:
+    def predict_array(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (B,), maps (B, H, W)) of a (B, 3, H, W) float32 batch."""
         if min(images.shape[-2:]) < self.min_input_side:
             h, w = images.shape[-2:]
             raise ConfigError(f"an input of {h}x{w} px is too small for the ONNX scorer: its smoothing needs "
                               f"at least {self.min_input_side} px per side")
-        scores, maps = self.session.run(None, {"image": images.detach().cpu().numpy().astype(np.float32)})
-        return AnomalyOutput(torch.from_numpy(scores), torch.from_numpy(maps))
+        scores, maps = self.session.run(None, {"image": np.ascontiguousarray(images, dtype=np.float32)})
+        return scores, maps
+
+    def score_inputs(self, inputs: list[np.ndarray]) -> tuple[list[float], list[np.ndarray]]:
+        scores, maps = self.predict_array(np.stack(inputs))
+        return np.asarray(scores, dtype=np.float32).tolist(), list(np.asarray(maps, dtype=np.float32))
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "onnx": self.onnx_meta}
+        device = "cuda" if self.session is not None and self.session.get_providers()[0] == CUDA else "cpu"
+        return {**super().info(), "onnx": self.onnx_meta, "device": device}
 
     @classmethod
     def load(cls, run_dir: str | Path, *, onnx_dir: str | Path | None = None,  # type: ignore[override]
-             threads: int | None = None) -> OnnxDetector:
+             threads: int | None = None, device: str | None = "cpu") -> OnnxDetector:
         run_dir = Path(run_dir)
-        base = Detector.load(run_dir)
+        base = DetectorCore.read(run_dir)
         folder = Path(onnx_dir) if onnx_dir is not None else run_dir / ONNX_DIR
         meta_path = folder / META_FILE
         if not meta_path.is_file():
@@ -71,18 +96,21 @@ class OnnxDetector(Detector):
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
             raise BadInputError(meta_path, f"unreadable ONNX export description ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("model_sha256") != base_sha256(run_dir):
+        if not isinstance(meta, dict) or meta.get("model_sha256") != base.model_sha256:
             raise BadInputError(folder, "the ONNX export is stale: the run's model changed since it was exported "
                                         f"(run 'defectlab export onnx {run_dir}' again)")
         if not meta.get("scorer"):
             raise ConfigError(f"{base.method}: ONNX inference needs a whole-scorer export; only the feature "
                               "extractor is exportable for this method (use --engine torch)")
-        det = cls(base.model, base.method, base.preprocess, base.thresholds, base.training)
+        det = cls(base.method, base.preprocess, base.thresholds, base.training, base.model_config(),
+                  base.model_summary())
         det.model_sha256 = base.model_sha256
         scorer = meta["scorer"].get("file") if isinstance(meta["scorer"], dict) else None
         scorer_path = inside_run(folder, scorer, meta_path)
         try:
-            det.session = session(str(scorer_path), threads)
+            det.session = session(str(scorer_path), threads, device)
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise BadInputError(scorer_path, f"cannot load ONNX model ({first})") from None

@@ -12,9 +12,9 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from defectlab.anomaly.base import Prediction
-from defectlab.anomaly.detector import scale_boxes
-from defectlab.report.overlays import heat_overlay
+from defectlab.runtime.colormap import heat_overlay
+from defectlab.runtime.prediction import Prediction
+from defectlab.runtime.regions import scale_boxes
 
 
 def overlay(image: Image.Image, pred: Prediction, *, alpha: float = 0.5) -> Image.Image:

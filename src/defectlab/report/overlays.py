@@ -9,26 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 from scipy import ndimage
 
 from defectlab.config import atomic_path
-
-
-def heat_overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5, *,
-                 fade: bool = False) -> np.ndarray:
-    """HxWx3 uint8: the image blended with the jet-coloured map normalised to [vmin, vmax]. ``fade``: the
-    blend weight grows with the score (low scores show the image through), as the inspection overlays draw.
-    The one heat renderer of the project (run reports, ``inspect`` heatmaps and the service)."""
-    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-    norm = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    heat = (matplotlib.colormaps["jet"](norm)[..., :3] * 255.0).astype(np.float32)
-    weight = alpha * np.clip(norm * 2.0, 0.15, 1.0)[..., None] if fade else alpha
-    mixed = rgb.astype(np.float32) * (1.0 - weight) + heat * weight
-    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+from defectlab.runtime.colormap import heat_overlay
 
 
 def mask_overlay(image: Image.Image, pred: np.ndarray, gt: np.ndarray | None = None, *,

@@ -32,11 +32,11 @@ from PIL import Image
 from pydantic import BaseModel
 
 import defectlab
-from defectlab.anomaly.base import Prediction
 from defectlab.data.io import DEFAULT_MAX_PIXELS, Decoded
 from defectlab.errors import ConfigError, DefectLabError
 from defectlab.inspect.engine import Engine, load_engine
 from defectlab.inspect.render import overlay_png
+from defectlab.runtime.prediction import Prediction
 from defectlab.serve.limits import Admission, BodyLimit, QueueGate, UploadRefused, decode_upload
 from defectlab.serve.ops import DOCS_PAGE, Metrics, RequestContext, RequestHook, public_info
 
@@ -51,6 +51,7 @@ class ServeConfig:
     max_upload_mb: float = 20.0  # request body limit (413 above)
     max_pixels: int = DEFAULT_MAX_PIXELS  # width x height of the file, read from the header (413 above)
     engine: str = "torch"  # "torch" | "onnx"
+    device: str = "auto"  # where the model runs: auto | cpu | cuda[:N] | mps (inspect.engine.load_engine)
     max_model_pixels: int | None = None  # model-side input limit (413 above); None: 4x the fitted input area
     queue_size: int = 8  # inference requests admitted at once, the running one included (503 beyond)
     body_timeout_s: float = 30.0  # an upload that sends nothing for this long gets 408
@@ -143,7 +144,7 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
     ``request_hooks`` get every request's log record; ``inspect_hooks`` every inspection (on the worker
     thread, after scoring). Both lists stay live on ``app.state`` for later additions.
     ``records``: a record store (RecordStore, folder or URL): every /inspect is recorded; /records, /review."""
-    engine = load_engine(run, config.engine) if isinstance(run, (str, Path)) else run
+    engine = load_engine(run, config.engine, config.device) if isinstance(run, (str, Path)) else run
     if config.max_model_pixels is not None:
         engine.max_model_pixels = config.max_model_pixels  # type: ignore[attr-defined]
     info = engine.info()

@@ -31,17 +31,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from defectlab.anomaly.base import Prediction
+from defectlab.anomaly.base import AnomalyOutput, Prediction
 from defectlab.anomaly.detector import META_FILE, Detector, same_size_runs, sha256_file
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.config import write_json
 from defectlab.errors import BadInputError, ConfigError
+from defectlab.inspect.engine import BUNDLE_FILE
 from defectlab.verdict.fewshot import Refiner, embed
 from defectlab.verdict.refine_run import REFINE_META, load_refiner
 from defectlab.verdict.rule import DEFECT, Verdict, VerdictRule, decide
 
 FORMAT = "defectlab-inspection-bundle/1"
-BUNDLE_FILE = "bundle.json"
 GOOD_NAMES = ("good", "ok")
 
 
@@ -179,7 +179,8 @@ class Bundle:
         self.classes, self.rule, self.parts, self.engine = classes, rule, parts, engine
 
     @classmethod
-    def load(cls, folder: str | Path, engine: str = "torch") -> Bundle:
+    def load(cls, folder: str | Path, engine: str = "torch", device: str | None = None) -> Bundle:
+        """``device``: where the detector runs (``inspect.engine.load_engine``); the classifier stays on the CPU."""
         folder = Path(folder)
         meta_path = folder / BUNDLE_FILE
         if not meta_path.is_file():
@@ -222,9 +223,9 @@ class Bundle:
                 )
             from defectlab.inspect.onnx_engine import OnnxDetector
 
-            detector: Detector = OnnxDetector.load(folder / "anomaly")
+            detector: Any = OnnxDetector.load(folder / "anomaly", device=device or "cpu")
         elif engine == "torch":
-            detector = Detector.load(folder / "anomaly")
+            detector = Detector.load(folder / "anomaly", device=device)
         else:
             raise ConfigError(f"unknown engine '{engine}'; known: torch, onnx")
         classifier = None
@@ -248,16 +249,17 @@ class Bundle:
             cls_probs: list[dict[str, float] | None] = [None] * len(pils)
             if self.classifier is not None:
                 cls_probs = [p.probabilities for p in self.classifier.predict(pils)]
-            for run in same_size_runs([t.shape for t in tensors], batch_size):
-                batch = torch.stack([tensors[k] for k in run])
+            for run in same_size_runs([tuple(t.shape) for t in tensors], batch_size):
                 if head is not None:
-                    emb, res = embed(det, batch)
+                    emb, res = embed(det, torch.stack([tensors[k] for k in run]).to(det.device))
+                    emb, res = emb.cpu(), AnomalyOutput(res.scores.cpu(), res.maps.cpu())  # the head: CPU
                     refined, types = head.refine(emb, res, thr.pixel)
+                    scores, maps = res.scores.tolist(), list(res.maps.detach().cpu().numpy())
                 else:
-                    res, refined, types = det.predict_tensor(batch), None, None
+                    (scores, maps), refined, types = det.score_inputs([tensors[k] for k in run]), None, None
                 for j, k in enumerate(run):
                     hw = (pils[k].height, pils[k].width)
-                    amap = map_to_original(res.maps[j], hw, det.preprocess.resize)
+                    amap = map_to_original(maps[j], hw, det.preprocess.resize)
                     rmap = (
                         map_to_original(refined[j], hw, det.preprocess.resize)
                         if refined is not None
@@ -269,7 +271,7 @@ class Bundle:
                         else None
                     )
                     v = decide(
-                        anomaly_score=float(res.scores[j]),
+                        anomaly_score=float(scores[j]),
                         anomaly_threshold=thr.image,
                         anomaly_map=amap,
                         pixel_threshold=thr.pixel,

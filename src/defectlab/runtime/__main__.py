@@ -1,0 +1,5 @@
+import sys
+
+from defectlab.runtime.cli import main
+
+sys.exit(main())

@@ -15,9 +15,11 @@ Servers (each ``serve RUN`` on a free loopback port, 2 threads, ``bench/serve_be
 All four are up at once; after 5 warm-up requests each, ``--requests`` POST /inspect (heatmap included) are
 sent one at a time, rotating over the servers so every one sees the same machine load. The images: an evenly
 spread subset of the run's test images plus one synthetic image at the largest size the model accepts
-(its model pixel budget), so the peak includes the worst accepted request. Recorded per server: peak RSS
-(``VmHWM``: start-up, model load and every request), RSS at the end, client-side latency p50/p95, server CPU
-ms per request, and whether libtorch is mapped into the process. Writes ``bench/results/runtime_rss.json``.
+(its model pixel budget), sent 3 times to each server after the test images. Recorded per server: peak
+RSS (``VmHWM``: start-up, model load and every request) after the test images and again after the
+largest image, RSS after each phase, client-side latency p50/p95 over the test images (and p50 of the
+largest), server CPU ms per request, and whether libtorch is mapped into the process.
+Writes ``bench/results/runtime_rss.json``.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def test_images(run: Path, n: int) -> list[tuple[str, bytes]]:
     data = Path(meta["training"]["data"])
     if not data.is_dir():
         data = ROOT.parent / "shared" / "data" / data.name
-    paths = sorted(p for p in (data / "test").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    kinds = (".png", ".jpg", ".jpeg", ".bmp")
+    paths = sorted(p for p in (data / "test").rglob("*") if p.suffix.lower() in kinds)
     pick = [paths[i] for i in np.linspace(0, len(paths) - 1, min(n, len(paths))).round().astype(int)]
     files = [(p.name, p.read_bytes()) for p in pick]
     pre = meta["preprocess"]
@@ -101,14 +104,15 @@ def main() -> None:
         "run": str(args.run), "baseline_commit": commit, "requests": args.requests, "images": len(files),
         "largest_image": files[-1][0], "loadavg_start": os.getloadavg(), "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "machine": "2-core VM shared with other work (timings are upper bounds; ratios measured side by side)",
+        "machine": "2-core VM shared with other work (timings: upper bounds; ratios measured side by side)",
         "servers": {}}
     servers: dict[str, Server] = {}
     try:
         for name in SERVERS:
             t0 = time.monotonic()
-            servers[name] = Server(args.run, engines[name], ("--device", "cpu") if name != "onnx_before" else (),
-                                   command=commands[name], src=before if name == "onnx_before" else ROOT / "src")
+            new = name != "onnx_before"
+            servers[name] = Server(args.run, engines[name], ("--device", "cpu") if new else (),
+                                   command=commands[name], src=ROOT / "src" if new else before)
             result["servers"][name] = {"ready_s": round(time.monotonic() - t0, 2),
                                        "rss_ready_mb": round(servers[name].status("VmRSS") / 2**20, 1)}
             print(name, result["servers"][name], flush=True)
@@ -127,16 +131,27 @@ def main() -> None:
                 for name in SERVERS:
                     one(name, i)
             cpu0 = {n: s.cpu_s() for n, s in servers.items()}
-            for i in range(max(args.requests, len(files))):
+            n_req = max(args.requests, len(files) - 1)
+            for i in range(n_req):  # the test images, rotating over the servers
                 order = SERVERS[i % len(SERVERS):] + SERVERS[:i % len(SERVERS)]
                 for name in order:
-                    lat[name].append(one(name, i))
-        n_req = max(args.requests, len(files))
+                    lat[name].append(one(name, i % (len(files) - 1)))
+            for name, srv in servers.items():
+                result["servers"][name].update(
+                    {**_pct(lat[name]),
+                     "server_cpu_ms_per_request": round(1000 * (srv.cpu_s() - cpu0[name]) / n_req, 1),
+                     "peak_rss_mb": round(srv.status("VmHWM") / 2**20, 1),
+                     "rss_after_test_images_mb": round(srv.status("VmRSS") / 2**20, 1)})
+            big: dict[str, list[float]] = {n: [] for n in SERVERS}
+            for _ in range(3):  # then the largest accepted image
+                for name in SERVERS:
+                    big[name].append(one(name, len(files) - 1))
         for name, srv in servers.items():
             result["servers"][name].update(
-                {**_pct(lat[name]), "server_cpu_ms_per_request": round(1000 * (srv.cpu_s() - cpu0[name]) / n_req, 1),
-                 "peak_rss_mb": round(srv.status("VmHWM") / 2**20, 1),
-                 "rss_end_mb": round(srv.status("VmRSS") / 2**20, 1), "torch_loaded": torch_mapped(srv.proc.pid)})
+                {"largest_p50_ms": _pct(big[name])["p50_ms"],
+                 "peak_rss_with_largest_mb": round(srv.status("VmHWM") / 2**20, 1),
+                 "rss_end_mb": round(srv.status("VmRSS") / 2**20, 1),
+                 "torch_loaded": torch_mapped(srv.proc.pid)})
             print(name, result["servers"][name], flush=True)
         ref = scores["onnx_before"]
         result["max_abs_score_diff_vs_onnx_before"] = {

@@ -61,7 +61,8 @@ def test_inspect_and_serve_without_torch(run: Path, synthetic_object: Path, tmp_
         run, folder, out, probe = sys.argv[1:5]
         rc = main(["inspect", run, folder, "--out", out, "--heatmaps", out + ".heat"])
         client = TestClient(create_app(run, ServeConfig(engine="onnx")))
-        served = client.post("/inspect", files={"file": ("p.png", open(probe, "rb").read(), "image/png")}).json()
+        upload = {"file": ("p.png", open(probe, "rb").read(), "image/png")}
+        served = client.post("/inspect", files=upload).json()
         preds = load_engine(run, "onnx").predict_images(sys.argv[5:], batch_size=5)
         print(json.dumps({"rc": rc, "served": served, "ready": client.get("/ready").status_code,
                           "scores": [p.score for p in preds], "defect": [p.is_defect for p in preds],
@@ -118,8 +119,8 @@ def test_resize_map_is_torchs_bilinear_bit_for_bit(hw: tuple[int, int]) -> None:
     rng = np.random.default_rng(hw[0])
     m = (rng.random(hw, dtype=np.float32) * 40).astype(np.float32)
     for target in [(64, 64), (255, 193), (20, 300), hw]:
-        ref = F.interpolate(torch.from_numpy(m)[None, None], size=target, mode="bilinear", align_corners=False)
-        np.testing.assert_array_equal(resize_map(m, target), ref[0, 0].numpy())
+        ref = F.interpolate(torch.from_numpy(m)[None, None], target, mode="bilinear", align_corners=False)
+        np.testing.assert_array_equal(resize_map(m, target), ref[0, 0].numpy())  # small and large outputs
 
 
 def test_map_to_original_modes() -> None:
@@ -157,7 +158,8 @@ def test_jet_is_matplotlibs() -> None:
 
     x = np.concatenate([np.random.default_rng(0).random(20000), np.linspace(0, 1, 1001)])
     for dtype in (np.float32, np.float64):
-        np.testing.assert_array_equal(jet(x.astype(dtype)), matplotlib.colormaps["jet"](x.astype(dtype))[:, :3])
+        values = x.astype(dtype)
+        np.testing.assert_array_equal(jet(values), matplotlib.colormaps["jet"](values)[:, :3])
 
 
 @pytest.mark.parametrize("resize", ["native", "squash", "letterbox", "crop"])
@@ -175,7 +177,7 @@ def test_preprocessing_matches_the_torch_transforms(resize: str, standardize: bo
         diff = np.abs(got - ref)
         if resize == "native" or standardize:  # the same Pillow resize / float resizes: rounding only
             assert diff.max() < 1e-4
-        else:  # Pillow's and torchvision's 8-bit antialiased resizes round differently: one grey level at most
+        else:  # Pillow's and torchvision's 8-bit antialiased resizes round differently: a grey level at most
             level = diff * np.asarray(pre.std, dtype=np.float32)[:, None, None] * 255  # in grey levels
             assert level.max() < 1.001 and level.mean() < 0.3
 

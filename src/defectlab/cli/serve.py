@@ -26,8 +26,8 @@ def serve(
     max_model_pixels: int = typer.Option(None, help="Largest input the model sees, w x h after its resize "
                                          "(413 above; default 4x the fitted input area)."),
     engine: str = typer.Option("torch", help="torch | onnx (onnx needs `defectlab export onnx RUN` first)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N] | mps: where the model runs (the ONNX engine: "
-                               "cpu, or cuda with onnxruntime-gpu)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N] | mps: where the model runs (the ONNX "
+                               "engine: cpu, or cuda with onnxruntime-gpu)."),
     queue_size: int = typer.Option(8, help="Inference requests admitted at once (503 + Retry-After beyond)."),
     body_timeout: float = typer.Option(30.0, help="Seconds an upload may stall before 408."),
     inference_timeout: float = typer.Option(60.0, help="Seconds a request waits for its result before 504."),
@@ -41,7 +41,8 @@ def serve(
     import uvicorn
 
     app = create_app(run, ServeConfig(api_key=api_key, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                                      engine=engine, device=device, max_model_pixels=max_model_pixels, queue_size=queue_size,
+                                      engine=engine, device=device, max_model_pixels=max_model_pixels,
+                                      queue_size=queue_size,
                                       body_timeout_s=body_timeout, inference_timeout_s=inference_timeout),
                      records=records, records_images=records_images, source=source)
     if not api_key and not _is_loopback(host):

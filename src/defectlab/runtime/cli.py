@@ -9,8 +9,8 @@ from functools import partial
 
 from defectlab.cli import inference_app, run
 
-HELP = ("Inspect images and serve a model exported with 'defectlab export onnx RUN' (ONNX Runtime, no torch). "
-        "Training and every other command: the full install, pip install 'defectlab[full]'.")
+HELP = ("Inspect images and serve a model exported with 'defectlab export onnx RUN' (ONNX Runtime, no "
+        "torch). Training and every other command: the full install, pip install 'defectlab[full]'.")
 
 
 def main(argv: list[str] | None = None) -> int:

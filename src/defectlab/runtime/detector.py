@@ -105,7 +105,8 @@ def run_parts(meta: dict[str, Any]) -> tuple[Preprocess, Thresholds]:
     """The preprocessing and thresholds of a detector.json (ValueError/KeyError/TypeError when invalid)."""
     pre = meta["preprocess"]
     preprocess = Preprocess(as_hw(pre["image_size"]), pre["resize"], tuple(pre["mean"]), tuple(pre["std"]),
-                            pre.get("mode", "RGB"), float(pre.get("scale", 1.0)), bool(pre.get("standardize", False)))
+                            pre.get("mode", "RGB"), float(pre.get("scale", 1.0)),
+                            bool(pre.get("standardize", False)))
     thresholds = Thresholds(**meta["thresholds"])
     for name in ("image", "pixel"):
         value = getattr(thresholds, name)
@@ -249,8 +250,8 @@ class DetectorCore:
         boxes = boxes_from_map(full, self.thresholds.pixel) if is_defect else []
         if src != pil.size:  # reduced on load: boxes in the file's pixels
             boxes = scale_boxes(boxes, src[0] / pil.width, src[1] / pil.height, src)
-        return Prediction(name, float(score), self.thresholds.image, is_defect, full, boxes,
-                          {"pixel_threshold": self.thresholds.pixel, "method": self.method, "source_size": src})
+        extra = {"pixel_threshold": self.thresholds.pixel, "method": self.method, "source_size": src}
+        return Prediction(name, float(score), self.thresholds.image, is_defect, full, boxes, extra)
 
     # -- description ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

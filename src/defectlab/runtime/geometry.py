@@ -40,7 +40,8 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 def _mix(w0: np.ndarray, a: np.ndarray, w1: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float32 ``w0 * a + w1 * b`` rounded as a fused multiply-add of ``w0 * a`` onto the rounded ``w1 * b``."""
+    """float32 ``w0 * a + w1 * b``, rounded as a fused multiply-add of ``w0 * a`` onto the rounded ``w1 * b``
+    (float64 holds the product exactly)."""
     return (w0.astype(np.float64) * a + (w1 * b).astype(np.float64)).astype(np.float32)
 
 

@@ -17,5 +17,6 @@ class Prediction:
     threshold: float  # the deployable threshold the verdict used
     is_defect: bool  # score > threshold
     anomaly_map: np.ndarray  # (H, W) float32 at the original image size
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # x0, y0, x1, y1 (pixels, inclusive-exclusive)
+    # x0, y0, x1, y1 (pixels, inclusive-exclusive)
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -74,8 +74,8 @@ def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if x.dtype == np.uint8:
         img = Image.fromarray(x[..., 0] if x.shape[2] == 1 else x)
         return np.asarray(img.resize(size, Image.BILINEAR)).reshape(size[1], size[0], -1)
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c]), "F").resize(size, Image.BILINEAR))
-                     for c in range(x.shape[2])], axis=2)
+    planes = [Image.fromarray(np.ascontiguousarray(x[..., c]), "F") for c in range(x.shape[2])]
+    return np.stack([np.asarray(p.resize(size, Image.BILINEAR)) for p in planes], axis=2)
 
 
 def _pad(x: np.ndarray, top: int, left: int, bottom: int, right: int) -> np.ndarray:

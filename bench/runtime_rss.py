@@ -13,7 +13,8 @@ Servers (each ``serve RUN`` on a free loopback port, 2 threads, ``bench/serve_be
 * ``runtime``: ``python -m defectlab.runtime serve RUN`` (= ``defectlab-runtime serve``) of this checkout.
 
 All four are up at once; after 5 warm-up requests each, ``--requests`` POST /inspect (heatmap included) are
-sent one at a time, rotating over the servers so every one sees the same machine load. The images: an evenly
+sent one at a time, to every server in turn in a random order each round (so every one sees the same machine
+load, and none always follows the same one: a server's idle threads may still spin after its request). The images: an evenly
 spread subset of the run's test images plus one synthetic image at the largest size the model accepts
 (its model pixel budget), sent 3 times to each server after the test images. Recorded per server: peak
 RSS (``VmHWM``: start-up, model load and every request) after the test images and again after the
@@ -132,9 +133,9 @@ def main() -> None:
                     one(name, i)
             cpu0 = {n: s.cpu_s() for n, s in servers.items()}
             n_req = max(args.requests, len(files) - 1)
-            for i in range(n_req):  # the test images, rotating over the servers
-                order = SERVERS[i % len(SERVERS):] + SERVERS[:i % len(SERVERS)]
-                for name in order:
+            rng = np.random.default_rng(0)
+            for i in range(n_req):  # the test images; the servers in a fresh random order every round, so
+                for name in rng.permutation(SERVERS):  # none always follows the same one (idle thread spin)
                     lat[name].append(one(name, i % (len(files) - 1)))
             for name, srv in servers.items():
                 result["servers"][name].update(

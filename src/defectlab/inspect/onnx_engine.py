@@ -56,7 +56,7 @@ def session(model_bytes_or_path: bytes | str, threads: int | None = None, device
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # no memory pattern: it plans and keeps one block per input shape, and "native" inputs vary in size; the
-    # arena stays (allocation speed). Peak RSS of serving the default PatchCore: 16% lower (docs/serving.md)
+    # arena stays (allocation speed). Scoring magnetic_tile's test images: peak RSS 265 -> 208 MB, same CPU
     opts.enable_mem_pattern = False
     if threads:
         opts.intra_op_num_threads = threads

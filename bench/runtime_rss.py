@@ -16,9 +16,9 @@ All four are up at once; after 5 warm-up requests each, ``--requests`` POST /ins
 sent one at a time, to every server in turn in a random order each round (so every one sees the same machine
 load, and none always follows the same one: a server's idle threads may still spin after its request).
 The images: an evenly spread subset of the run's test images plus one synthetic image at the largest size
-the model accepts (its model pixel budget), sent 3 times to each server after the test images. Recorded per server: peak
-RSS (``VmHWM``: start-up, model load and every request) after the test images and again after the
-largest image, RSS after each phase, client-side latency p50/p95 over the test images (and p50 of the
+the model accepts (its model pixel budget), sent 3 times to each server after the test images. Recorded per
+server: peak RSS (``VmHWM``: start-up, model load and every request) after the test images and again after
+the largest image, RSS after each phase, client-side latency p50/p95 over the test images (and p50 of the
 largest), server CPU ms per request, and whether libtorch is mapped into the process.
 Writes ``bench/results/runtime_rss.json``.
 """

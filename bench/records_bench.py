@@ -70,15 +70,23 @@ def prepare_run(size: int) -> Path:
     return run
 
 
-def test_images() -> list[tuple[str, bytes]]:
-    folder = TMP / "records_synth" / "synthetic_object" / "test"
-    return [(p.name, p.read_bytes()) for p in sorted(folder.rglob("*.png"))]
+def test_images(folder: Path | None = None, limit: int = 60) -> list[tuple[str, bytes]]:
+    """The synthetic run's test images, or up to ``limit`` images of ``folder`` (every k-th, all classes)."""
+    if folder is None:
+        folder = TMP / "records_synth" / "synthetic_object" / "test"
+        return [(p.name, p.read_bytes()) for p in sorted(folder.rglob("*.png"))]
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    files = files[:: max(1, len(files) // limit)][:limit]
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+ENGINE = ["torch"]  # --engine
 
 
 def Server(run: Path, records: list[str]) -> EngineServer:  # noqa: N802 - reads as the class it builds
     """``defectlab serve RUN [--records ...]``; its log kept under bench/results/tmp."""
     log = TMP / f"records_server_{'_'.join(records).replace('/', '_')[-60:] or 'off'}.log"
-    return EngineServer(run, "torch", records, log=log, deadline_s=900)  # a loaded machine starts torch slowly
+    return EngineServer(run, ENGINE[0], records, log=log, deadline_s=900)  # a loaded machine starts slowly
 
 
 def _store_args(backend: str, pg: str | None, tag: str, fresh: bool = True) -> tuple[list[str], str, Path]:
@@ -98,10 +106,11 @@ def _store_args(backend: str, pg: str | None, tag: str, fresh: bool = True) -> t
     return ["--records", url, "--records-images", str(folder / "images")], url, folder / "images"
 
 
-def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dict[str, Any]:
+def part_overhead(run: Path, backends: list[str], pg: str | None, n: int,
+                  images: Path | None = None) -> dict[str, Any]:
     import httpx
 
-    files = test_images()
+    files = test_images(images)
     servers = {"off": Server(run, [])}
     variants = [*backends, *(["postgresql-async-commit"] if "postgresql" in backends else [])]
     for b in variants:
@@ -116,7 +125,7 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
                 client.post(f"{servers[key].base}/inspect", files={"file": (name, data)}).raise_for_status()
                 return time.perf_counter() - t0
 
-            for i in range(10):
+            for i in range(min(10, n)):
                 for k in servers:
                     one(k, i)
             keys = list(servers)
@@ -348,6 +357,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--suffix", default="", help="appended to the result file's name (parallel runs)")
     ap.add_argument("--reuse", action="store_true", help="scale: reuse the SQLite store of an earlier run")
+    ap.add_argument("--run", type=Path, help="overhead/load: this fitted run instead of the synthetic one")
+    ap.add_argument("--engine", default="torch", choices=["torch", "onnx"])
+    ap.add_argument("--images", type=Path, help="overhead: request images from this folder (with --run)")
     args = ap.parse_args()
     from tests.records_pg import postgres_server
 
@@ -358,12 +370,13 @@ def main() -> None:
         if pg is None and "postgresql" in backends:
             print("PostgreSQL not available: SQLite only", flush=True)
             backends = [b for b in backends if b != "postgresql"]
-        run = prepare_run(args.image_size) if set(parts) & {"overhead", "load"} else None
+        ENGINE[0] = args.engine
+        run = args.run or (prepare_run(args.image_size) if set(parts) & {"overhead", "load"} else None)
         for part in parts:
             machine = _machine()
             t0 = time.perf_counter()
             if part == "overhead":
-                res = part_overhead(run, backends, pg, args.requests)  # type: ignore[arg-type]
+                res = part_overhead(run, backends, pg, args.requests, args.images)  # type: ignore[arg-type]
             elif part == "load":
                 res = part_load(run, backends, pg, args.load_requests)  # type: ignore[arg-type]
             else:

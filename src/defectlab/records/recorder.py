@@ -3,7 +3,6 @@ type / regions fields an inspection bundle adds in ``Prediction.extra``."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -13,15 +12,15 @@ import numpy as np
 from PIL import Image
 
 from defectlab.anomaly.base import Prediction
+from defectlab.data.io import Decoded
+from defectlab.inspect.version import engine_version
 from defectlab.records.store import NewRecord
 
 
 def model_version(engine: Any) -> str:
-    """A short stable hash of what the engine says about itself (weights summary, thresholds, config,
-    training data): a refit or a new threshold gives a new version."""
-    info = engine.info() if hasattr(engine, "info") else {}
-    text = json.dumps(info, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """The engine's version string, the same one ``/inspect`` answers with (``defectlab.inspect.version``):
+    a refit or a new threshold gives a new version."""
+    return engine_version(engine)
 
 
 def map_png(pred: Prediction) -> bytes:
@@ -99,33 +98,21 @@ def from_prediction(
     )
 
 
-_VERSIONS: dict[int, tuple[Any, str]] = {}
-
-
-def cached_version(engine: Any) -> str:
-    """``model_version`` computed once per loaded engine."""
-    hit = _VERSIONS.get(id(engine))
-    if hit is None or hit[0] is not engine:
-        hit = (engine, model_version(engine))
-        _VERSIONS[id(engine)] = hit
-    return hit[1]
-
-
 def record_batch(
     store: Any,
     engine: Any,
-    items: list[tuple[Path, str, Image.Image, Prediction]],
+    items: list[tuple[Path, str, Decoded, Prediction]],
     latency_ms: float,
     source: str = "",
 ) -> list[int]:
     """Record one ``inspect`` batch: (file, relative name, decoded image, prediction) per image."""
-    version = cached_version(engine)
+    version = engine_version(engine)
     recs = [
         from_prediction(
             pred,
             path.read_bytes(),
             rel,
-            image.width,
+            image.width,  # the file's own size (Decoded), also for an image reduced on load
             image.height,
             version=version,
             latency_ms=latency_ms,

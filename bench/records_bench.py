@@ -7,8 +7,9 @@ how the store answers at a million rows. SQLite and PostgreSQL (a throwaway clus
 1. overhead: three ``defectlab serve`` subprocesses on one fitted synthetic run (recording off, SQLite,
    PostgreSQL), ``--requests`` sequential POST /inspect (heatmap included) alternating between them so all
    see the same machine load; client-side p50/p95 and the p50 cost of recording in % of "off".
-2. load: per backend, a server with recording on takes ``--load-requests`` requests from 8 concurrent
-   clients (each request a unique file name): errors, every request in the store exactly once, integrity
+2. load: a server with recording off, then per backend one with recording on, takes ``--load-requests``
+   requests from 8 concurrent clients (each request a unique file name): throughput against "off",
+   errors, every request in the store exactly once, integrity
    check (each request's image differs by a PNG text chunk, so each has its own file). Then a fresh
    store: the server is SIGKILLed after a third of the requests, restarted on the same store, and the
    rest are sent: every request answered 200 before the kill is in the store exactly once,
@@ -192,6 +193,15 @@ def part_load(run: Path, backends: list[str], pg: str | None, n: int) -> dict[st
 
     data = test_images()[0][1]
     out: dict[str, Any] = {}
+    srv = Server(run, [])  # the same load with recording off: the throughput recording costs
+    t0 = time.perf_counter()
+    try:
+        status = _send_all(srv.base, [f"off_{i:05d}.png" for i in range(n)], data)
+    finally:
+        srv.close()
+    off_rps = n / (time.perf_counter() - t0)
+    out["off"] = {"requests": n, "errors": sum(s != 200 for s in status.values()),
+                  "requests_per_s": round(off_rps, 1)}
     for b in backends:
         res: dict[str, Any] = {}
         args, target, images = _store_args(b, pg, "load")
@@ -209,6 +219,7 @@ def part_load(run: Path, backends: list[str], pg: str | None, n: int) -> dict[st
             "requests": n,
             "errors": sum(s != 200 for s in status.values()),
             "requests_per_s": round(n / wall, 1),
+            "throughput_cost_pct": round(100 * (1 - (n / wall) / off_rps), 1),
             "recorded": len(recorded),
             "each_exactly_once": sorted(recorded) == sorted(names),
             "check": check(store),

@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import inspect, text
@@ -275,3 +276,23 @@ def test_group_writer_commits_concurrent_requests_once_each(db_url: str, tmp_pat
     finally:
         writer.close()
         store.close()
+
+
+def test_stored_map_is_reduced_but_cuts_the_same_mask() -> None:
+    """The anomaly map is stored at most 4x reduced; scaled back to the image (as the review page and
+    export-dataset do), thresholding it at the pixel threshold gives the same region."""
+    from scipy.ndimage import gaussian_filter
+
+    from defectlab.anomaly.base import Prediction
+    from defectlab.records.recorder import map_png
+
+    rng = np.random.default_rng(0)
+    amap = np.zeros((300, 520), np.float32)
+    amap[100:160, 200:330] = 3.0  # a defect
+    amap = gaussian_filter(amap + rng.random(amap.shape, dtype=np.float32) * 0.3, 6)  # smoothed, as scored
+    pred = Prediction("x", 1.0, 1.0, True, amap, [], {"pixel_threshold": 0.8})
+    stored = Image.open(io.BytesIO(map_png(pred)))
+    assert stored.size == (130, 75)  # reduced by 4
+    back = np.asarray(stored.convert("L").resize((520, 300), Image.BILINEAR)) >= 128
+    full = amap >= 0.8
+    assert full.sum() > 3000 and (back & full).sum() / (back | full).sum() > 0.95

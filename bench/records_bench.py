@@ -87,7 +87,22 @@ ENGINE = ["torch"]  # --engine
 def Server(run: Path, records: list[str]) -> EngineServer:  # noqa: N802 - reads as the class it builds
     """``defectlab serve RUN [--records ...]``; its log kept under bench/results/tmp."""
     log = TMP / f"records_server_{'_'.join(records).replace('/', '_')[-60:] or 'off'}.log"
-    return EngineServer(run, ENGINE[0], records, log=log, deadline_s=900)  # a loaded machine starts slowly
+    srv = EngineServer(run, ENGINE[0], records, log=log, deadline_s=900)  # a loaded machine starts slowly
+    srv.log_path = log  # type: ignore[attr-defined]
+    return srv
+
+
+def access_log(path: Path, n: int) -> dict[str, Any]:
+    """The server's own view of its last ``n`` /inspect requests (its access log): latency from the
+    request's arrival to its answer, and ``record_wait_ms``, how long the answer waited for the commit."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith('{"ts"')]
+    lines = [x for x in lines if x.get("path") == "/inspect" and x.get("status") == 200][-n:]
+    out = {"server_p50_ms": round(float(np.median([x["latency_ms"] for x in lines])), 2)}
+    waits = [x["record_wait_ms"] for x in lines if "record_wait_ms" in x]
+    if waits:
+        out["record_wait_p50_ms"] = round(float(np.median(waits)), 2)
+        out["record_wait_p95_ms"] = round(float(np.percentile(waits, 95)), 2)
+    return out
 
 
 def _store_args(backend: str, pg: str | None, tag: str, fresh: bool = True) -> tuple[list[str], str, Path]:
@@ -139,10 +154,13 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int,
     finally:
         for s in servers.values():
             s.close()
-    out = {k: {**_pct(v), "server_cpu_ms_per_request": round(cpu[k], 2)} for k, v in lat.items()}
+    out = {k: {**_pct(v), "server_cpu_ms_per_request": round(cpu[k], 2),
+               **access_log(servers[k].log_path, n)} for k, v in lat.items()}  # type: ignore[attr-defined]
     off = out["off"]["p50_ms"]
     for b in variants:
         out[b]["overhead_p50_pct"] = round(100 * (out[b]["p50_ms"] - off) / off, 2)
+        # what the answer waited for its commit, against the request's whole time with recording off
+        out[b]["record_wait_pct_of_off_p50"] = round(100 * out[b]["record_wait_p50_ms"] / off, 2)
         # CPU the server spends per request: far less sensitive to the other work on the machine
         out[b]["overhead_cpu_pct"] = round(100 * (cpu[b] - cpu["off"]) / cpu["off"], 2)
         # paired: the same request index, one after the other, so load swings cancel

@@ -89,8 +89,13 @@ class GroupWriter:
         try:
             if self._conn is None:
                 self._conn = self.store.engine.connect()
-            with self._conn.begin():
-                ids = insert_rows(self._conn, rows)
+                if self._conn.dialect.name == "postgresql":  # one round trip per group, not three
+                    self._conn = self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            if self._conn.dialect.name == "postgresql":
+                ids = insert_rows(self._conn, rows)  # ONE statement (INSERT .. VALUES (..), .. RETURNING):
+            else:                                    # atomic and committed before the server answers
+                with self._conn.begin():
+                    ids = insert_rows(self._conn, rows)
         except Exception as exc:  # noqa: BLE001 - nothing of this transaction is stored: say so to each
             self._disconnect()  # a broken connection is not reused; the next group opens a fresh one
             err = BadInputError(self.store.where, f"record store write failed ({_short(exc)})")

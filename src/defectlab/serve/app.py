@@ -216,7 +216,7 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
         fields, png, pending = await on_worker(lambda: score(data, file.filename or "", record["request_id"],
                                                              heatmap, source))
         if pending is not None:  # records: answer only once the record is committed (503 if not)
-            record["record_id"] = await pending.committed()
+            record.update(await pending.committed())
         record.update(verdict=fields["verdict"], score=round(fields["score"], 6), width=fields["width"],
                       height=fields["height"])
         return fields, png

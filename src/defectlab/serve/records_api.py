@@ -124,10 +124,13 @@ class Pending:
         except FutureTimeout:
             raise HTTPException(503, "inspection not recorded in time") from None
 
-    async def committed(self) -> int:
-        """``wait`` without holding a thread."""
+    async def committed(self) -> dict[str, Any]:
+        """``wait`` without holding a thread; returns the access log's fields: ``record_id`` and
+        ``record_wait_ms``, how long the answer waited for the commit (what recording adds to it)."""
+        t0 = time.perf_counter()
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.future), self.timeout_s)
+            rid = await asyncio.wait_for(asyncio.wrap_future(self.future), self.timeout_s)
+            return {"record_id": rid, "record_wait_ms": round((time.perf_counter() - t0) * 1000, 3)}
         except DefectLabError as exc:
             raise HTTPException(503, f"inspection not recorded: {exc}") from None
         except asyncio.TimeoutError:

@@ -3,10 +3,13 @@ how the store answers at a million rows. SQLite and PostgreSQL (a throwaway clus
 
     $VENV/bin/python bench/records_bench.py                    # all three parts
     $VENV/bin/python bench/records_bench.py --part overhead    # or load | scale; --rows 1000000 etc.
+    $VENV/bin/python bench/records_bench.py --part overhead --run RUN --engine onnx --images DIR  # a real model
 
-1. overhead: three ``defectlab serve`` subprocesses on one fitted synthetic run (recording off, SQLite,
-   PostgreSQL), ``--requests`` sequential POST /inspect (heatmap included) alternating between them so all
-   see the same machine load; client-side p50/p95 and the p50 cost of recording in % of "off".
+1. overhead: four ``defectlab serve`` subprocesses on one fitted run (recording off, SQLite, PostgreSQL,
+   PostgreSQL with ``synchronous_commit=off``), ``--requests`` sequential POST /inspect (heatmap included)
+   alternating between them so all see the same machine load; client-side p50/p95, the p50 cost of
+   recording in % of "off", the paired median difference, server CPU per request, and from each server's
+   access log its own p50 and ``record_wait_ms`` (how long answers waited for their commit).
 2. load: a server with recording off, then per backend one with recording on, takes ``--load-requests``
    requests from 8 concurrent clients (each request a unique file name): throughput against "off",
    errors, every request in the store exactly once, integrity
@@ -237,6 +240,7 @@ def part_load(run: Path, backends: list[str], pg: str | None, n: int) -> dict[st
             "requests": n,
             "errors": sum(s != 200 for s in status.values()),
             "requests_per_s": round(n / wall, 1),
+            # runs one after the other: on a shared machine the load's swings can outweigh this
             "throughput_cost_pct": round(100 * (1 - (n / wall) / off_rps), 1),
             "recorded": len(recorded),
             "each_exactly_once": sorted(recorded) == sorted(names),

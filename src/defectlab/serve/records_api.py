@@ -11,7 +11,6 @@ import asyncio
 import io
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -96,11 +95,6 @@ class Recorder:
 
         return Pending(self.writer.submit(make_row))
 
-    def close(self) -> None:
-        self.writer.close()
-        self.pool.shutdown()
-
-
 @dataclass(frozen=True)
 class Staged:
     """An upload's image file being written (``future``: its sha256 and path in the image folder)."""
@@ -115,18 +109,10 @@ class Pending:
     def __init__(self, future: Future, timeout_s: float = 60.0) -> None:
         self.future, self.timeout_s = future, timeout_s
 
-    def wait(self) -> int:
-        """The record id once committed; 503 if it could not be (not on record = did not happen)."""
-        try:
-            return self.future.result(self.timeout_s)
-        except DefectLabError as exc:
-            raise HTTPException(503, f"inspection not recorded: {exc}") from None
-        except FutureTimeout:
-            raise HTTPException(503, "inspection not recorded in time") from None
-
     async def committed(self) -> dict[str, Any]:
-        """``wait`` without holding a thread; returns the access log's fields: ``record_id`` and
-        ``record_wait_ms``, how long the answer waited for the commit (what recording adds to it)."""
+        """Wait (without holding a thread) until the record is committed; 503 if it could not be (not on
+        record = did not happen). Returns the access log's fields: ``record_id`` and ``record_wait_ms``,
+        how long the answer waited for the commit (what recording adds to it)."""
         t0 = time.perf_counter()
         try:
             rid = await asyncio.wait_for(asyncio.wrap_future(self.future), self.timeout_s)

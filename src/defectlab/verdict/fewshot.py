@@ -4,10 +4,14 @@ handful of labelled defects per type.
 Input per patch (the detector's stride-8 grid): the PatchCore patch features (``_embed``: the
 EfficientNet-Lite0 mid-level layers) plus the detector's own anomaly map there, divided by its pixel
 threshold, as a prior channel. Output per patch: softmax over ``background`` and each defect type. The
-refined map is ``1 - p(background)`` (a calibrated combination of features and prior: the head sees the
-prior and learns how much to trust it); the type probabilities come with it. Supervision: the masks of
-the k labelled images per type (soft targets: the share of defect pixels under each patch) and good
-images as negatives (all background).
+refined map is the mean of the head's defect probability (``1 - p(background)``, upsampled from the patch
+grid) and the detector's full-resolution map scaled so that its pixel threshold sits at 0.5
+(``detector_share``): the head adds what the detector cannot see (the interior of a band whose surface looks
+good, as ``uneven`` on magnetic_tile), the detector keeps the small defects the coarse head grid blurs
+(blowholes); bench/fewshot_curve.py compares the result with the detector alone and a U-Net. The type
+probabilities come with it.
+Supervision: the masks of the k labelled images per type (soft targets: the share of defect pixels under
+each patch) and good images as negatives (all background).
 
 k = 0 is the detector itself: ``Refiner.empty`` returns the detector's map unchanged, bit for bit.
 
@@ -46,7 +50,7 @@ class RefineConfig:
     crop: int = 16  # each step sees a crop of this many patches per side (centred on a defect 70% of the time)
     max_good: int = 60  # good training images used as negatives at most
     quantile: float = 0.99  # refined threshold = this quantile of held-out good images' refined-map maxima,
-    min_threshold: float = 0.5  # at least this (defect more likely than background): good maxima are often ~0
+    min_threshold: float = 0.5  # at least this: the detector's pixel threshold, or the head's "as likely as background"
     seed: int = 0
 
 
@@ -94,6 +98,12 @@ def _crop(x: torch.Tensor, t: torch.Tensor, size: int, rng: random.Random) -> tu
     else:
         y0, x0 = rng.randint(0, h - ch), rng.randint(0, w - cw)
     return x[:, y0:y0 + ch, x0:x0 + cw], t[:, y0:y0 + ch, x0:x0 + cw]
+
+
+def detector_share(maps: torch.Tensor, pixel_threshold: float) -> torch.Tensor:
+    """The detector's map at full resolution, scaled so that its pixel threshold sits at 0.5 (the head's
+    "defect as likely as background")."""
+    return maps.float() / (2 * max(float(pixel_threshold), 1e-8))
 
 
 class Refiner(nn.Module):
@@ -213,7 +223,7 @@ class Refiner(nn.Module):
         sim = torch.einsum("bchw,tc->bthw", F.normalize(self._standard(x), dim=1), self.prototypes_)
         types = (head_types + F.softmax(self.temperature * sim, dim=1)) / 2  # head and nearest prototype
         up = F.interpolate(torch.cat([defect, types], 1), size=size, mode="bilinear", align_corners=False)
-        return up[:, 0], up[:, 1:]
+        return (up[:, 0] + detector_share(out.maps, pixel_threshold)) / 2, up[:, 1:]
 
     def describe(self) -> dict:
         return {

@@ -3,7 +3,7 @@ how the store answers at a million rows. SQLite and PostgreSQL (a throwaway clus
 
     $VENV/bin/python bench/records_bench.py                    # all three parts
     $VENV/bin/python bench/records_bench.py --part overhead    # or load | scale; --rows 1000000 etc.
-    $VENV/bin/python bench/records_bench.py --part overhead --run RUN --engine onnx --images DIR  # a real model
+    $VENV/bin/python bench/records_bench.py --part overhead --run RUN --engine onnx --images DIR  # real
 
 1. overhead: four ``defectlab serve`` subprocesses on one fitted run (recording off, SQLite, PostgreSQL,
    PostgreSQL with ``synchronous_commit=off``), ``--requests`` sequential POST /inspect (heatmap included)

@@ -3,12 +3,16 @@ how the store answers at a million rows. SQLite and PostgreSQL (a throwaway clus
 
     $VENV/bin/python bench/records_bench.py                    # all three parts
     $VENV/bin/python bench/records_bench.py --part overhead    # or load | scale; --rows 1000000 etc.
+    $VENV/bin/python bench/records_bench.py --part overhead --run RUN --engine onnx --images DIR  # real
 
-1. overhead: three ``defectlab serve`` subprocesses on one fitted synthetic run (recording off, SQLite,
-   PostgreSQL), ``--requests`` sequential POST /inspect (heatmap included) alternating between them so all
-   see the same machine load; client-side p50/p95 and the p50 cost of recording in % of "off".
-2. load: per backend, a server with recording on takes ``--load-requests`` requests from 8 concurrent
-   clients (each request a unique file name): errors, every request in the store exactly once, integrity
+1. overhead: four ``defectlab serve`` subprocesses on one fitted run (recording off, SQLite, PostgreSQL,
+   PostgreSQL with ``synchronous_commit=off``), ``--requests`` sequential POST /inspect (heatmap included)
+   alternating between them so all see the same machine load; client-side p50/p95, the p50 cost of
+   recording in % of "off", the paired median difference, server CPU per request, and from each server's
+   access log its own p50 and ``record_wait_ms`` (how long answers waited for their commit).
+2. load: a server with recording off, then per backend one with recording on, takes ``--load-requests``
+   requests from 8 concurrent clients (each request a unique file name): throughput against "off",
+   errors, every request in the store exactly once, integrity
    check (each request's image differs by a PNG text chunk, so each has its own file). Then a fresh
    store: the server is SIGKILLed after a third of the requests, restarted on the same store, and the
    rest are sent: every request answered 200 before the kill is in the store exactly once,
@@ -70,15 +74,38 @@ def prepare_run(size: int) -> Path:
     return run
 
 
-def test_images() -> list[tuple[str, bytes]]:
-    folder = TMP / "records_synth" / "synthetic_object" / "test"
-    return [(p.name, p.read_bytes()) for p in sorted(folder.rglob("*.png"))]
+def test_images(folder: Path | None = None, limit: int = 60) -> list[tuple[str, bytes]]:
+    """The synthetic run's test images, or up to ``limit`` images of ``folder`` (every k-th, all classes)."""
+    if folder is None:
+        folder = TMP / "records_synth" / "synthetic_object" / "test"
+        return [(p.name, p.read_bytes()) for p in sorted(folder.rglob("*.png"))]
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    files = files[:: max(1, len(files) // limit)][:limit]
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+ENGINE = ["torch"]  # --engine
 
 
 def Server(run: Path, records: list[str]) -> EngineServer:  # noqa: N802 - reads as the class it builds
     """``defectlab serve RUN [--records ...]``; its log kept under bench/results/tmp."""
     log = TMP / f"records_server_{'_'.join(records).replace('/', '_')[-60:] or 'off'}.log"
-    return EngineServer(run, "torch", records, log=log, deadline_s=900)  # a loaded machine starts torch slowly
+    srv = EngineServer(run, ENGINE[0], records, log=log, deadline_s=900)  # a loaded machine starts slowly
+    srv.log_path = log  # type: ignore[attr-defined]
+    return srv
+
+
+def access_log(path: Path, n: int) -> dict[str, Any]:
+    """The server's own view of its last ``n`` /inspect requests (its access log): latency from the
+    request's arrival to its answer, and ``record_wait_ms``, how long the answer waited for the commit."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith('{"ts"')]
+    lines = [x for x in lines if x.get("path") == "/inspect" and x.get("status") == 200][-n:]
+    out = {"server_p50_ms": round(float(np.median([x["latency_ms"] for x in lines])), 2)}
+    waits = [x["record_wait_ms"] for x in lines if "record_wait_ms" in x]
+    if waits:
+        out["record_wait_p50_ms"] = round(float(np.median(waits)), 2)
+        out["record_wait_p95_ms"] = round(float(np.percentile(waits, 95)), 2)
+    return out
 
 
 def _store_args(backend: str, pg: str | None, tag: str, fresh: bool = True) -> tuple[list[str], str, Path]:
@@ -98,10 +125,11 @@ def _store_args(backend: str, pg: str | None, tag: str, fresh: bool = True) -> t
     return ["--records", url, "--records-images", str(folder / "images")], url, folder / "images"
 
 
-def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dict[str, Any]:
+def part_overhead(run: Path, backends: list[str], pg: str | None, n: int,
+                  images: Path | None = None) -> dict[str, Any]:
     import httpx
 
-    files = test_images()
+    files = test_images(images)
     servers = {"off": Server(run, [])}
     variants = [*backends, *(["postgresql-async-commit"] if "postgresql" in backends else [])]
     for b in variants:
@@ -116,7 +144,7 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
                 client.post(f"{servers[key].base}/inspect", files={"file": (name, data)}).raise_for_status()
                 return time.perf_counter() - t0
 
-            for i in range(10):
+            for i in range(min(10, n)):
                 for k in servers:
                     one(k, i)
             keys = list(servers)
@@ -129,10 +157,13 @@ def part_overhead(run: Path, backends: list[str], pg: str | None, n: int) -> dic
     finally:
         for s in servers.values():
             s.close()
-    out = {k: {**_pct(v), "server_cpu_ms_per_request": round(cpu[k], 2)} for k, v in lat.items()}
+    out = {k: {**_pct(v), "server_cpu_ms_per_request": round(cpu[k], 2),
+               **access_log(servers[k].log_path, n)} for k, v in lat.items()}  # type: ignore[attr-defined]
     off = out["off"]["p50_ms"]
     for b in variants:
         out[b]["overhead_p50_pct"] = round(100 * (out[b]["p50_ms"] - off) / off, 2)
+        # what the answer waited for its commit, against the request's whole time with recording off
+        out[b]["record_wait_pct_of_off_p50"] = round(100 * out[b]["record_wait_p50_ms"] / off, 2)
         # CPU the server spends per request: far less sensitive to the other work on the machine
         out[b]["overhead_cpu_pct"] = round(100 * (cpu[b] - cpu["off"]) / cpu["off"], 2)
         # paired: the same request index, one after the other, so load swings cancel
@@ -183,6 +214,15 @@ def part_load(run: Path, backends: list[str], pg: str | None, n: int) -> dict[st
 
     data = test_images()[0][1]
     out: dict[str, Any] = {}
+    srv = Server(run, [])  # the same load with recording off: the throughput recording costs
+    t0 = time.perf_counter()
+    try:
+        status = _send_all(srv.base, [f"off_{i:05d}.png" for i in range(n)], data)
+    finally:
+        srv.close()
+    off_rps = n / (time.perf_counter() - t0)
+    out["off"] = {"requests": n, "errors": sum(s != 200 for s in status.values()),
+                  "requests_per_s": round(off_rps, 1)}
     for b in backends:
         res: dict[str, Any] = {}
         args, target, images = _store_args(b, pg, "load")
@@ -200,6 +240,8 @@ def part_load(run: Path, backends: list[str], pg: str | None, n: int) -> dict[st
             "requests": n,
             "errors": sum(s != 200 for s in status.values()),
             "requests_per_s": round(n / wall, 1),
+            # runs one after the other: on a shared machine the load's swings can outweigh this
+            "throughput_cost_pct": round(100 * (1 - (n / wall) / off_rps), 1),
             "recorded": len(recorded),
             "each_exactly_once": sorted(recorded) == sorted(names),
             "check": check(store),
@@ -348,6 +390,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--suffix", default="", help="appended to the result file's name (parallel runs)")
     ap.add_argument("--reuse", action="store_true", help="scale: reuse the SQLite store of an earlier run")
+    ap.add_argument("--run", type=Path, help="overhead/load: this fitted run instead of the synthetic one")
+    ap.add_argument("--engine", default="torch", choices=["torch", "onnx"])
+    ap.add_argument("--images", type=Path, help="overhead: request images from this folder (with --run)")
     args = ap.parse_args()
     from tests.records_pg import postgres_server
 
@@ -358,12 +403,13 @@ def main() -> None:
         if pg is None and "postgresql" in backends:
             print("PostgreSQL not available: SQLite only", flush=True)
             backends = [b for b in backends if b != "postgresql"]
-        run = prepare_run(args.image_size) if set(parts) & {"overhead", "load"} else None
+        ENGINE[0] = args.engine
+        run = args.run or (prepare_run(args.image_size) if set(parts) & {"overhead", "load"} else None)
         for part in parts:
             machine = _machine()
             t0 = time.perf_counter()
             if part == "overhead":
-                res = part_overhead(run, backends, pg, args.requests)  # type: ignore[arg-type]
+                res = part_overhead(run, backends, pg, args.requests, args.images)  # type: ignore[arg-type]
             elif part == "load":
                 res = part_load(run, backends, pg, args.load_requests)  # type: ignore[arg-type]
             else:

@@ -65,3 +65,36 @@ def test_two_cpu_processes_train_like_one(tmp_path: Path) -> None:
     assert abs(hist["two"][-1]["loss"] - hist["one"][-1]["loss"]) < 0.25
     assert metrics["two"]["pixel_auroc"] >= 0.95 and metrics["one"]["pixel_auroc"] >= 0.95
     assert abs(metrics["two"]["pixel_auroc"] - metrics["one"]["pixel_auroc"]) < 0.05
+
+
+@pytest.mark.slow
+def test_classify_two_cpu_processes(tmp_path: Path) -> None:
+    """``classify run`` under torchrun: both processes train (DDP, gloo), process 0 alone writes the
+    attempt's checkpoints and the comparison, and both agree on the history (one all-reduced record)."""
+    import yaml
+
+    data = make_synthetic(tmp_path / "data", SynthConfig(kind="object", size=32, n_train=2, n_test_good=12,
+                                                         n_per_defect=12, defects=("hole", "scratch"), seed=0))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({
+        "name": "ddp", "data": {"dataset": str(data), "split": {"val": 0.25, "test": 0.25, "use_train_good": False}},
+        "base": {"model": {"name": "simple_cnn", "options": {"width": 8, "blocks": 2}},
+                 "train": {"epochs": 3, "image_size": 32, "batch_size": 4, "lr": 0.003}},
+        "attempts": [{"name": "a"}]}))
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env.update(PYTHONPATH=f"{SRC}{os.pathsep}{env.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "defectlab", "classify", "run", str(exp), "--out", str(tmp_path / "run"), "--no-progress",
+           "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("wrote ") == 1  # process 0 alone reports
+    adir = tmp_path / "run" / "a"
+    assert sorted(p.name for p in adir.iterdir()) == ["best.pt", "config.yaml", "confusion.png", "epochs.csv",
+                                                      "last.pt", "per_class.csv", "result.json"]
+    result = json.loads((adir / "result.json").read_text())
+    assert result["epochs_run"] == 3 and len(result["history"]) == 3
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    ckpt = torch.load(adir / "last.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # the bare model is saved, not DDP's wrapper
+    assert ckpt["state"]["epoch"] == 3

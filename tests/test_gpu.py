@@ -80,3 +80,42 @@ def test_ddp_two_gpus(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 3
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim", "knn", "deep_svdd", "ocsvm", "autoencoder"])
+def test_every_anomaly_method_fits_and_predicts_on_gpu(method: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.rand(8, 3, 64, 64, generator=g), torch.rand(4, 3, 64, 64, generator=g)
+    opts = {"epochs": 2} if method == "autoencoder" else {"weights": "none"}
+    cpu, gpu = build_model(method, opts), build_model(method, opts)
+    gpu.load_state_dict(cpu.state_dict())  # the same random networks
+    cpu.fit([train[:4], train[4:]])
+    gpu.to(CUDA).fit([train[:4], train[4:]])
+    a, b = cpu.predict(test), gpu.predict(test)
+    assert b.scores.device.type == "cpu" and b.maps.shape == a.maps.shape
+    assert torch.isfinite(b.scores).all() and torch.isfinite(b.maps).all()
+    if method in ("patchcore", "padim", "knn", "ocsvm"):  # no training loop: the same numbers up to float error
+        assert torch.allclose(a.scores, b.scores, rtol=1e-2, atol=1e-3)
+
+
+def test_cli_anomaly_and_classify_on_gpu(tmp_path: Path) -> None:
+    from defectlab.cli import main
+
+    data = make_synthetic(tmp_path / "data", SynthConfig(kind="object", size=64, n_train=12, n_test_good=12,
+                                                         n_per_defect=12, defects=("hole", "scratch"), seed=0))
+    run = tmp_path / "run"
+    assert main(["anomaly", "fit", str(data), "--out", str(run), "--image-size", "64", "--device", "cuda"]) == 0
+    cuda = json.loads((run / "metrics.json").read_text())
+    assert main(["anomaly", "test", str(run), "--device", "cuda", "--half", "--overlays", "0"]) == 0
+    half = json.loads((run / "metrics.json").read_text())
+    assert half["timing"]["half"] and half["timing"]["device"].startswith("cuda")
+    assert abs(half["metrics"]["all"]["image_auroc"] - cuda["metrics"]["all"]["image_auroc"]) < 0.05
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(json.dumps({
+        "name": "gpu", "data": {"dataset": str(data), "split": {"val": 0.25, "test": 0.25, "use_train_good": False}},
+        "base": {"model": {"name": "simple_cnn", "options": {"width": 8, "blocks": 2}},
+                 "train": {"epochs": 2, "image_size": 32, "batch_size": 4}},
+        "attempts": [{"name": "a"}]}))
+    assert main(["classify", "run", str(exp), "--out", str(tmp_path / "c"), "--device", "cuda",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "c" / "a" / "best.pt").is_file()

@@ -15,6 +15,7 @@ from defectlab.errors import BadInputError
 from defectlab.export.onnx import export_onnx
 from defectlab.inspect import load_engine
 from defectlab.inspect.onnx_engine import OnnxDetector
+from defectlab.inspect.version import engine_version
 from tests.test_inspect_fixtures import detector, fitted_run
 
 
@@ -48,6 +49,7 @@ def test_onnx_scores_equal_torch(run: Path, synthetic_object: Path) -> None:
     for a, b in zip(torch_preds, onnx_preds, strict=True):
         np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=1e-5, atol=1e-4)
     assert onnx_det.info()["onnx"]["scorer"]["file"] == "scorer.onnx"
+    assert engine_version(onnx_det) == engine_version(detector(run))  # one model, one version, any engine
 
 
 def test_inspect_engine_onnx_matches_torch(run: Path, synthetic_object: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import inspect, text
@@ -235,3 +236,63 @@ def test_bad_store_paths_are_one_line_errors(tmp_path: Path) -> None:
         open_store("postgresql://nobody@127.0.0.1:1/none", images=tmp_path / "img")
     with pytest.raises(ConfigError, match="verdict"):
         RecordFilter(verdict="bad")
+
+
+def test_group_writer_commits_concurrent_requests_once_each(db_url: str, tmp_path: Path) -> None:
+    """The service's writer: 40 requests from 8 threads each get their own committed id (rows grouped into
+    fewer transactions when they queue up); a row that cannot be built fails only its own request; a
+    transaction the database refuses fails each of its requests and stores none, and the writer recovers
+    on a fresh connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from defectlab.records.writer import GroupWriter
+
+    store = open_store(db_url, images=tmp_path / "img")
+    writer = GroupWriter(store)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            futures = list(pool.map(lambda i: writer.submit(lambda: store.row(rec(i))), range(40)))
+        ids = [f.result(30) for f in futures]
+        assert len(set(ids)) == 40 and store.count() == 40 and writer.rows == 40 and writer.groups <= 40
+        by_id = {r["id"]: r["image_name"] for chunk in store.iter_rows() for r in chunk}
+        assert [by_id[i] for i in ids] == [f"part_{i}.png" for i in range(40)]  # each id is its own row
+
+        def broken() -> dict:
+            raise ValueError("no map")
+
+        bad, good = writer.submit(broken), writer.submit(lambda: store.row(rec(41)))
+        with pytest.raises(BadInputError, match="record not built"):
+            bad.result(30)
+        assert store.get(good.result(30))["image_name"] == "part_41.png"
+        with store.engine.begin() as conn:  # the table disappears under the running writer
+            conn.execute(text("ALTER TABLE inspections RENAME TO gone"))
+        lost = writer.submit(lambda: store.row(rec(42)))
+        with pytest.raises(BadInputError, match="record store write failed"):
+            lost.result(30)
+        with store.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE gone RENAME TO inspections"))
+        assert store.get(writer.submit(lambda: store.row(rec(43))).result(30))["image_name"] == "part_43.png"
+        assert store.count() == 42 and check(store)["ok"]
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_stored_map_is_reduced_but_cuts_the_same_mask() -> None:
+    """The anomaly map is stored at most 4x reduced; scaled back to the image (as the review page and
+    export-dataset do), thresholding it at the pixel threshold gives the same region."""
+    from scipy.ndimage import gaussian_filter
+
+    from defectlab.anomaly.base import Prediction
+    from defectlab.records.recorder import map_png
+
+    rng = np.random.default_rng(0)
+    amap = np.zeros((300, 520), np.float32)
+    amap[100:160, 200:330] = 3.0  # a defect
+    amap = gaussian_filter(amap + rng.random(amap.shape, dtype=np.float32) * 0.3, 6)  # smoothed, as scored
+    pred = Prediction("x", 1.0, 1.0, True, amap, [], {"pixel_threshold": 0.8})
+    stored = Image.open(io.BytesIO(map_png(pred)))
+    assert stored.size == (130, 75)  # reduced by 4
+    back = np.asarray(stored.convert("L").resize((520, 300), Image.BILINEAR)) >= 128
+    full = amap >= 0.8
+    assert full.sum() > 3000 and (back & full).sum() / (back | full).sum() > 0.95

@@ -3,6 +3,7 @@ records / review API with the token on, and the loop closed: export-dataset -> r
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -290,10 +291,25 @@ def test_inspect_answers_503_when_the_record_cannot_be_written(run: Path, synthe
                                                                tmp_path: Path) -> None:
     from sqlalchemy import text
 
+    from defectlab.serve.limits import decode_upload
+
     store = open_store(tmp_path / "store")
-    with live_server(create_app(detector(run), ServeConfig(), records=store)) as url:
+    engine = detector(run)
+    with live_server(create_app(engine, ServeConfig(), records=store)) as url:
         png = sample_images(synthetic_object)["hole"].read_bytes()
         assert httpx.post(f"{url}/inspect", files={"file": ("a.png", png)}, timeout=60).status_code == 200
+        # an image reduced on load: the record keeps the file's own size, as the response does
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(png)).convert("RGB").resize((1000, 760)).save(buf, format="PNG")
+        big = buf.getvalue()
+        reduced = decode_upload(big, max_pixels=10**7, fit=engine.input_size,
+                                max_work_pixels=engine.model_pixel_budget).image
+        assert reduced.width < 1000  # the service scores it reduced
+        r = httpx.post(f"{url}/inspect", files={"file": ("big.png", big)}, timeout=60)
+        assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (1000, 760)
+        item = store.list(limit=1)[0]
+        assert item["image_name"] == "big.png" and (item["width"], item["height"]) == (1000, 760)
+        assert item["model_version"] == r.json()["model"]  # one version string everywhere
         with store.engine.begin() as conn:  # the table disappears under the running service
             conn.execute(text("ALTER TABLE inspections RENAME TO gone"))
         r = httpx.post(f"{url}/inspect", files={"file": ("b.png", png)}, timeout=60)

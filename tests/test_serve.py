@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from defectlab.records import model_version
 from defectlab.serve import ServeConfig, create_app
 from tests.test_inspect_fixtures import cli_server, detector, fitted_run, live_server, sample_images
 
@@ -69,7 +70,7 @@ def test_round_trip_good_and_defect(base: str, run: Path, synthetic_object: Path
     assert r.headers["x-defectlab-verdict"] == "defect" and Image.open(io.BytesIO(r.content)).size == (128, 128)
 
 
-def test_health_model_openapi_page(base: str) -> None:
+def test_health_model_openapi_page(base: str, run: Path) -> None:
     h = httpx.get(f"{base}/health").json()
     assert h["status"] == "ok" and h["auth_required"] is True and h["engine"] == "torch"
     m = httpx.get(f"{base}/model", headers={"X-API-Key": KEY}).json()
@@ -78,7 +79,8 @@ def test_health_model_openapi_page(base: str) -> None:
     assert m["limits"]["max_upload_bytes"] == int(0.25 * 2**20) and m["limits"]["max_pixels"] == 600_000
     assert m["limits"]["max_model_pixels"] == 4 * 64 * 64 and m["min_input_side"] == 33  # sigma 8
     assert "/" not in m["training"]["data"] and str(m).count("/tmp") == 0  # no server paths shown
-    assert m["version"] == h["model"] == f"patchcore-{m['model_sha256'][:12]}"
+    # one version string per model: the records (defectlab.records.model_version) carry the same one
+    assert m["version"] == h["model"] == model_version(detector(run)) and h["model"].startswith("patchcore-")
     r = httpx.get(f"{base}/ready")
     assert r.status_code == 200 and r.json()["status"] == "ready" and r.headers["x-defectlab-model"] == h["model"]
     metrics = httpx.get(f"{base}/metrics").text

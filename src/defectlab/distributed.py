@@ -1,6 +1,7 @@
 """Data-parallel training under ``torchrun`` (DDP), shared by the trainers.
 
     torchrun --standalone --nproc-per-node 2 -m defectlab segment fit DATA --out RUN
+    torchrun --standalone --nproc-per-node 2 -m defectlab classify run EXPERIMENT.yaml --out RUN
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous address) for each process.
 :func:`setup` reads them: with ``WORLD_SIZE`` > 1 it joins the process group (NCCL when the device is CUDA,
@@ -9,7 +10,8 @@ changes (no process group, the trainer's own code path, CPU results bit for bit 
 
 A trainer then: wraps its model with :func:`wrap` (DDP averages gradients across processes), shards the
 data with :func:`sampler` (``DistributedSampler``; call ``set_epoch`` each epoch), sums its per-epoch
-numbers with :func:`all_reduce_sum` so every process reports the same history, and lets only
+numbers with :func:`all_reduce_sum` so every process reports the same history, copies process 0's
+buffers with :func:`sync_buffers` before evaluating (BatchNorm statistics), and lets only
 :func:`is_rank0` write checkpoints, reports and progress bars. :func:`teardown` leaves the group.
 """
 
@@ -88,13 +90,23 @@ def is_rank0() -> bool:
     return _env_int("RANK", 0) == 0
 
 
-def wrap(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
-    """``model`` on the run's device, in DDP when distributed (the caller keeps the bare model to save)."""
+def wrap(model: torch.nn.Module, env: DistEnv, *, find_unused: bool = False) -> torch.nn.Module:
+    """``model`` on the run's device, in DDP when distributed (the caller keeps the bare model to save).
+    ``find_unused``: tolerate parameters a step does not use (e.g. a long-tail method's extra head)."""
     model = model.to(env.device)
     if not env.distributed:
         return model
     ids = [env.device.index] if env.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def sync_buffers(model: torch.nn.Module, env: DistEnv) -> None:
+    """Copy process 0's buffers (BatchNorm running statistics) to every process, so that all evaluate one
+    model: DDP keeps the parameters equal, but each process updates the statistics on its own share."""
+    if not env.distributed:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
 
 
 def sampler(dataset: Dataset, env: DistEnv, *, seed: int, shuffle: bool = True) -> DistributedSampler:
@@ -117,4 +129,5 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-__all__ = ["DistEnv", "all_reduce_sum", "barrier", "is_rank0", "sampler", "setup", "teardown", "wrap"]
+__all__ = ["DistEnv", "all_reduce_sum", "barrier", "is_rank0", "sampler", "setup", "sync_buffers", "teardown",
+           "wrap"]

@@ -27,7 +27,7 @@ def greedy_kcenter(x: torch.Tensor, k: int, *, start: int = 0, desc: str | None 
 
     ``desc``: show a tqdm progress bar with this title. Runs on one CPU thread: each step is a small,
     memory-bound matrix-vector product, and thousands of thread hand-offs cost more than they gain
-    (badly so on a loaded machine).
+    (badly so on a loaded machine). Runs on ``x``'s device (a GPU too); the indices come back on the CPU.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -65,14 +65,18 @@ def _greedy(x: torch.Tensor, k: int, start: int, desc: str | None) -> torch.Tens
 
 
 class StreamingCoreset:
-    """Feed (n, D) feature rows with ``add``; ``finish(progress)`` returns the selected rows."""
+    """Feed (n, D) feature rows with ``add``; ``finish(progress)`` returns the selected rows (on ``device``:
+    the CPU by default, a GPU to keep the features and the greedy selection there)."""
 
     def __init__(self, ratio: float, dim: int, *, proj_dim: int = 128, chunk_size: int = 16384,
-                 oversample: float = 4.0, final_rows: int = 65536, seed: int = 0) -> None:
+                 oversample: float = 4.0, final_rows: int = 65536, seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
         self.ratio, self.chunk_size, self.final_rows = ratio, chunk_size, final_rows
         self.keep = min(1.0, max(ratio, min(oversample * ratio, 0.05)))
+        self.device = torch.device(device)  # rows kept and selected here (random draws stay on the CPU)
         self.gen = torch.Generator().manual_seed(seed)
-        self.proj = None if proj_dim >= dim else torch.randn(dim, proj_dim, generator=self.gen) / math.sqrt(proj_dim)
+        self.proj = None if proj_dim >= dim else \
+            (torch.randn(dim, proj_dim, generator=self.gen) / math.sqrt(proj_dim)).to(self.device)
         self.pending: list[torch.Tensor] = []
         self.kept: list[torch.Tensor] = []
         self.n_seen = 0
@@ -88,7 +92,7 @@ class StreamingCoreset:
         return x[greedy_kcenter(self._project(x), k, start=start, desc=desc)]
 
     def add(self, rows: torch.Tensor) -> None:
-        rows = rows.detach().float().cpu()
+        rows = rows.detach().float().to(self.device)
         self.n_seen += rows.shape[0]
         self.pending.append(rows)
         self.streaming = self.streaming or (self.ratio < 1 and self.n_seen > self.final_rows)
@@ -117,7 +121,8 @@ class StreamingCoreset:
         if self.streaming and self.pending:
             self._reduce_chunk(self.pending)
             self.pending = []
-        pool = torch.cat(self.kept + self.pending) if (self.kept or self.pending) else torch.empty(0)
+        parts = self.kept + self.pending
+        pool = torch.cat(parts) if parts else torch.empty(0, device=self.device)
         self.kept, self.pending = [], []
         k = max(1, math.ceil(self.ratio * self.n_seen))
         if k >= pool.shape[0]:

@@ -82,10 +82,14 @@ class Detector(DetectorCore):
                  training: dict[str, Any] | None = None, *, device: str | torch.device | None = None) -> None:
         super().__init__(method, preprocess, thresholds, training)
         self.model = model.eval()
-        self.device = model.device if device is None else resolve_device(device, what="--device")
-        if self.device != model.device:
-            self.model.to(self.device)
+        if device is not None:
+            self.model.to(resolve_device(device, what="--device"))
         self._transform = preprocess.transform()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (``anomaly.runner.place`` may move it later)."""
+        return self.model.device
 
     def model_config(self) -> dict[str, Any]:
         return to_dict(self.model.config)
@@ -95,7 +99,7 @@ class Detector(DetectorCore):
 
     # -- inference ------------------------------------------------------------------------------------
     def predict_tensor(self, images: torch.Tensor) -> AnomalyOutput:
-        return self.model.predict(images.to(self.device))
+        return self.model.predict(images.to(self.model.device))
 
     def model_input(self, pil: Image.Image, name: str) -> torch.Tensor:
         size = self.checked_size(pil, name)

@@ -47,13 +47,13 @@ class OneClassSVM(PooledFeatureModel):
         # one scale for all dimensions: per-dimension standardisation blows up near-constant channels
         spread = (x - self.x_mean_).pow(2).sum(1).mean().sqrt()
         self.x_std_ = spread.expand(x.shape[1]).clone() / x.shape[1] ** 0.5 + 1e-6
-        z = ((x - self.x_mean_) / self.x_std_).double().numpy()
+        z = ((x - self.x_mean_) / self.x_std_).double().cpu().numpy()
         svm = SkOCSVM(kernel="rbf", nu=self.config.nu,
                       gamma="scale" if self.config.gamma is None else self.config.gamma).fit(z)
-        self.support_ = torch.from_numpy(svm.support_vectors_).float()
-        self.dual_coef_ = torch.from_numpy(svm.dual_coef_[0]).float()
-        self.rho_ = torch.tensor(float(-svm.intercept_[0]))
-        self.gamma_ = torch.tensor(float(svm._gamma))
+        self.support_ = torch.from_numpy(svm.support_vectors_).float().to(x.device)
+        self.dual_coef_ = torch.from_numpy(svm.dual_coef_[0]).float().to(x.device)
+        self.rho_ = torch.tensor(float(-svm.intercept_[0]), device=x.device)
+        self.gamma_ = torch.tensor(float(svm._gamma), device=x.device)
 
     def _score_vectors(self, x: torch.Tensor) -> torch.Tensor:
         z = ((x - self.x_mean_) / self.x_std_).double()

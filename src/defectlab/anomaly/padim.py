@@ -71,8 +71,8 @@ class PaDiM(AnomalyModel):
         for images in image_batches(loader, desc="padim: features"):
             x = self._embed(images)
             if s1 is None:
-                s1 = torch.zeros(x.shape[1:], dtype=torch.float64)
-                s2 = torch.zeros(x.shape[1], x.shape[2], x.shape[2], dtype=torch.float64)
+                s1 = torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
+                s2 = torch.zeros(x.shape[1], x.shape[2], x.shape[2], dtype=torch.float64, device=x.device)
             if tuple(x.shape[1:]) != tuple(s1.shape):
                 raise ConfigError("padim: all images must have the same input size")
             s1 += x.sum(0)
@@ -82,7 +82,7 @@ class PaDiM(AnomalyModel):
             raise ConfigError("padim: needs at least 2 training images")
         mu = s1 / n
         cov = (s2 - n * torch.einsum("pc,pd->pcd", mu, mu)) / (n - 1)
-        cov += self.config.eps * torch.eye(cov.shape[-1], dtype=cov.dtype)
+        cov += self.config.eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         self.mu_ = mu.float()
         self.inv_cov_ = torch.linalg.inv(cov).float().contiguous()  # as saved: same einsum path after load
         self._mark_fitted()

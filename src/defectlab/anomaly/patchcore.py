@@ -4,7 +4,8 @@ Fit: mid-level patch features of every good image (``features.patch_embedding``:
 16, each averaged over a 3x3 neighbourhood, the coarser one upsampled, concatenated) go into a memory bank,
 subsampled by greedy k-center coreset selection (``coreset.StreamingCoreset``: random projection to 128
 dimensions; exact up to 65,536 training patches, two-stage chunked beyond, so memory stays bounded and fit
-takes seconds, not minutes).
+takes seconds, not minutes). Everything runs on the model's device (``model.to("cuda")``: backbone,
+coreset selection, bank and nearest-neighbour search on the GPU; the outputs come back on the CPU).
 
 Predict: each test patch's score is the Euclidean distance to its nearest bank patch. The image score is
 the paper's re-weighted maximum: with ``p*`` the most anomalous patch, ``m*`` its nearest bank patch and
@@ -103,14 +104,18 @@ class PatchCore(AnomalyModel):
                                max_dim=self.config.max_feature_dim)
 
     def fit(self, loader: Iterable[Any]) -> PatchCore:
+        return self.fit_features(self._embed(images) for images in image_batches(loader, desc="patchcore: features"))
+
+    def fit_features(self, embeddings: Iterable[torch.Tensor]) -> PatchCore:
+        """Fit from patch features (``_embed`` of each training batch, in batch order) computed elsewhere,
+        e.g. by Ray workers (``defectlab.anomaly.ray_features``): the bank is the one ``fit`` selects."""
         c: PatchCoreConfig = self.config
         sampler: StreamingCoreset | None = None
-        for images in image_batches(loader, desc="patchcore: features"):
-            emb = self._embed(images)
+        for emb in embeddings:
             rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
             if sampler is None:
                 sampler = StreamingCoreset(c.coreset_ratio, rows.shape[1], proj_dim=c.coreset_proj_dim,
-                                           chunk_size=c.coreset_chunk, seed=c.seed)
+                                           chunk_size=c.coreset_chunk, seed=c.seed, device=self.device)
             sampler.add(rows)
         if sampler is None:
             raise ConfigError("patchcore: no training images")

@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from defectlab.anomaly import build_model
-from defectlab.anomaly.base import AnomalyModel
+from defectlab.anomaly.base import AnomalyModel, AnomalyOutput
 from defectlab.anomaly.detector import Detector, Preprocess, Thresholds, same_size_runs
 from defectlab.anomaly.geometry import map_to_original
 from defectlab.anomaly.threshold import deployable_threshold
@@ -54,6 +55,7 @@ from defectlab.data.dataset import DefectDataset
 from defectlab.data.index import GOOD, DatasetIndex, SampleRecord, open_dataset
 from defectlab.data.io import load_mask, read_info
 from defectlab.data.transforms import as_hw
+from defectlab.devices import inference_autocast, resolve_device
 from defectlab.errors import BadInputError, ConfigError
 from defectlab.metrics import anomaly_metrics, auroc, threshold_from_good
 from defectlab.metrics.streaming import PixelHistogram
@@ -79,13 +81,19 @@ class RunConfig:
     overlays: int = 24  # test images drawn as heatmap overlays in the run folder
 
 
+def batch_indices(records: Sequence[SampleRecord], preprocess: Preprocess, batch_size: int) -> list[list[int]]:
+    """The batches (record indices, in order) the model sees: ``batch_size`` consecutive records, cut where
+    the input size changes under ``native`` resize (a batch holds images of one size)."""
+    if preprocess.variable_size:
+        return same_size_runs([_size(r) for r in records], batch_size)
+    return [list(range(i, min(i + batch_size, len(records)))) for i in range(0, len(records), batch_size)]
+
+
 def image_loader(records: Sequence[SampleRecord], preprocess: Preprocess, cfg: RunConfig) -> DataLoader:
     """Batches of ``records`` as the model sees them (``cfg.batch_size``, ``cfg.num_workers``)."""
     dataset = DefectDataset(records, preprocess.transform(), mode=preprocess.mode)
-    if preprocess.variable_size:  # "native": sizes differ, so a batch holds consecutive images of one size
-        runs = same_size_runs([_size(r) for r in records], cfg.batch_size)
-        return DataLoader(dataset, batch_sampler=runs, num_workers=cfg.num_workers)
-    return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
+    return DataLoader(dataset, batch_sampler=batch_indices(records, preprocess, cfg.batch_size),
+                      num_workers=cfg.num_workers)
 
 
 def _size(record: SampleRecord) -> tuple[int, int]:
@@ -189,19 +197,37 @@ def target_false_alarm(cfg: RunConfig) -> float:
     return rate
 
 
-def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
+def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None, *, device: str = "auto",
+                 executor: str = "local", address: str | None = None, workers: int | None = None) -> Detector:
+    """Fit on the good training images and set the thresholds; ``device`` (``auto | cpu | cuda[:N] |
+    mps``) is where the model fits (backbone, coreset, memory bank); the detector stays there.
+    ``executor="ray"``: PatchCore's feature extraction runs on a Ray actor pool (``address``: a cluster to
+    join, else a local Ray; ``workers`` actors), streamed into the same coreset selection here
+    (``defectlab.anomaly.ray_features``): the same bank as ``local``."""
+    from defectlab.inspect.executors import check_executor
+
+    dev = resolve_device(device, what="--device")
+    check_executor(executor)
     index = index or open_dataset(cfg.data)
     rate = target_false_alarm(cfg)
     split = holdout_split(index, cfg)
     fit_recs, hold_recs = split.fit, split.held
-    model = build_model(cfg.model, cfg.options)
+    model = build_model(cfg.model, cfg.options).to(dev)
     resize = resolve_resize(cfg.resize, model)
     scale = native_scale(fit_recs, cfg.image_size) if resize == "native" else 1.0
     preprocess = Preprocess(as_hw(cfg.image_size), resize, tuple(model.mean), tuple(model.std), scale=scale,
                             standardize=cfg.standardize)
     preprocess.transform()  # validates the resize mode before the long part
     t0 = time.perf_counter()
-    model.fit(image_loader(fit_recs, preprocess, cfg))
+    if executor == "ray":
+        from defectlab.anomaly.ray_features import ray_patch_features
+
+        if not hasattr(model, "fit_features"):
+            raise ConfigError(f"--executor ray runs PatchCore's feature extraction; {cfg.model} fits locally")
+        model.fit_features(ray_patch_features(model, fit_recs, preprocess, cfg.batch_size, address=address,
+                                              workers=workers))
+    else:
+        model.fit(image_loader(fit_recs, preprocess, cfg))
     fit_s = time.perf_counter() - t0
     det = Detector(model, cfg.model, preprocess, Thresholds(0.0, 0.0, "unset"))
     scored = hold_recs if hold_recs else fit_recs
@@ -233,6 +259,13 @@ def fit_detector(cfg: RunConfig, index: DatasetIndex | None = None) -> Detector:
     return det
 
 
+def place(det: Detector, device: str = "auto") -> torch.device:
+    """Move a loaded detector's model to ``device`` (inputs follow it in ``predict``); returns the device."""
+    dev = resolve_device(device, what="--device")
+    det.model.to(dev)
+    return dev
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, Any]  # "all" and one entry per defect type (each vs. the good test images)
@@ -243,8 +276,10 @@ class EvalResult:
 
 
 def evaluate(det: Detector, records: Sequence[SampleRecord], *, batch_size: int = 16,
-             keep: set[int] | None = None) -> EvalResult:
+             keep: set[int] | None = None, half: bool = False) -> EvalResult:
     """Score ``records``; metrics need both good and defective images (pixel ones need masks).
+    ``half``: the forward pass in half precision (``defectlab.devices.inference_autocast``: bfloat16 on the
+    CPU, float16 on a GPU) on the model's device; scores and maps come back as float32.
 
     Streams: each map is brought to its image's original size, binned into the pixel-metric histograms
     (``defectlab.metrics.streaming``, one group per defect type) and dropped, unless it is one of ``keep``
@@ -263,7 +298,10 @@ def evaluate(det: Detector, records: Sequence[SampleRecord], *, batch_size: int 
 
     for batch in tqdm(loader, desc="test", unit="batch", leave=False, disable=None):
         t0 = time.perf_counter()
-        out = det.predict_tensor(batch.image)
+        with inference_autocast(det.model.device, half):
+            out = det.predict_tensor(batch.image)
+        if half:
+            out = AnomalyOutput(out.scores.float(), out.maps.float())
         pred_s += time.perf_counter() - t0
         for i, path in enumerate(batch.path):
             rec = records[len(rows)]

@@ -64,7 +64,7 @@ class DeepSVDD(PooledFeatureModel):
         self.x_mean_ = x.mean(0)
         self.x_std_ = x.std(0) + 1e-6
         z = (x - self.x_mean_) / self.x_std_
-        self.head = self._make_head(z.shape[1])
+        self.head = self._make_head(z.shape[1]).to(z.device)
         self.head_shape_ = torch.tensor([z.shape[1], c.hidden, c.out_dim])
         with torch.no_grad():
             centre = self.head(z).mean(0)

@@ -28,6 +28,10 @@ first attempt trains. Outputs under ``RUN/``: ``experiment.yaml`` (resolved); pe
 ``last.pt``, ``confusion.png``, ``per_class.csv``, ``result.json``; ``comparison.{md,csv,json}`` and
 ``curves.png``. Re-running the same command resumes: attempts (folds) with a ``result.json`` are
 skipped, an interrupted one continues from its last epoch checkpoint.
+
+``device`` (``classify run --device``) overrides every attempt's ``train.device`` without changing its
+config (a run may resume on another device). Under ``torchrun --nproc-per-node N`` each attempt trains
+data-parallel (``Trainer``); every process runs the series, process 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from defectlab import distributed
 from defectlab.classify.data import ImageSet, cache_images
 from defectlab.classify.models import ModelConfig, build_classifier
 from defectlab.classify.probe import ProbeFitter
@@ -284,10 +289,22 @@ class _Cache:
 # --------------------------------------------------------------------------------------------- run
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, index: DatasetIndex | None = None,
                    only: list[str] | None = None, progress: bool = True,
-                   on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, Any]]:
+                   on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+                   device: str | None = None) -> list[dict[str, Any]]:
     """Train (or resume) every attempt and write the comparison; returns the table rows."""
     out = Path(out)
     attempts = resolve_attempts(cfg)
+    env = distributed.setup(device or attempts[0].train.device, what="--device" if device else "train.device")
+    try:
+        return _run(cfg, out, attempts, index, only, progress and env.is_rank0, on_epoch_end, device, env)
+    finally:
+        distributed.teardown()
+
+
+def _run(cfg: ExperimentConfig, out: Path, attempts: list[Attempt], index: DatasetIndex | None,
+         only: list[str] | None, progress: bool, on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+         device: str | None, env: distributed.DistEnv) -> list[dict[str, Any]]:
+    rank0 = env.is_rank0
     if only:
         unknown = sorted(set(only) - {a.name for a in attempts})
         if unknown:
@@ -297,8 +314,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, index: DatasetInde
     data_desc = {"source": source, "classes": classes,
                  "counts": {f.name or "split": {s: len(getattr(f, s)) for s in ("train", "val", "test")}
                             for f in folds}}
-    write_yaml(out / "experiment.yaml", {"name": cfg.name, "data": to_dict(cfg.data), "resolved_data": data_desc,
-                                         "attempts": [to_dict(a) for a in attempts]})
+    if rank0:
+        write_yaml(out / "experiment.yaml", {"name": cfg.name, "data": to_dict(cfg.data),
+                                             "resolved_data": data_desc, "attempts": [to_dict(a) for a in attempts]})
     cache = _Cache([r for f in folds for s in (f.train, f.val, f.test) for r in s], classes)
     rows, curves = [], {}
     for attempt in attempts:
@@ -307,29 +325,34 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, index: DatasetInde
                   "train": to_dict(attempt.train), "data": data_desc}
         if (adir / "config.yaml").is_file() and load_yaml(adir / "config.yaml") != to_dict(config):
             raise ConfigError(f"{adir}: was run with another config or data; delete it or use another --out")
-        write_yaml(adir / "config.yaml", config)
+        if rank0:
+            write_yaml(adir / "config.yaml", config)
         fold_rows, histories = [], []
         for fold in folds:
             fdir = adir / fold.name if fold.name else adir
-            result, history = _run_fold(attempt, fold, fdir, classes, cache, progress, on_epoch_end)
+            result, history = _run_fold(attempt, fold, fdir, classes, cache, progress, on_epoch_end, device, rank0)
             fold_rows.append(result)
             histories.append(history)
         row = aggregate(fold_rows) if len(folds) > 1 else fold_rows[0]
-        if row.get("collapsed"):
+        if row.get("collapsed") and rank0:
             log.warning("attempt %s COLLAPSED: %s", attempt.name, row["collapse_reason"])
-        if len(folds) > 1:
+        if len(folds) > 1 and rank0:
             write_json(adir / "result.json", row)
         rows.append(row)
         curves[attempt.name] = histories
-        tqdm.write(f"{attempt.name}: test acc {row['test_acc']:.3f}, balanced acc {row['balanced_acc']:.3f}, "
-                   f"macro-F1 {row['macro_f1']:.3f}")
-    write_table(rows, out)
-    plot_curves(curves, out / "curves.png")
+        if rank0:
+            tqdm.write(f"{attempt.name}: test acc {row['test_acc']:.3f}, balanced acc {row['balanced_acc']:.3f}, "
+                       f"macro-F1 {row['macro_f1']:.3f}")
+    if rank0:
+        write_table(rows, out)
+        plot_curves(curves, out / "curves.png")
+    distributed.barrier(env)  # the run folder is complete when any process returns
     return rows
 
 
 def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cache: _Cache, progress: bool,
-              on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> tuple[dict[str, Any], list[dict]]:
+              on_epoch_end: Callable[[int, dict[str, float]], None] | None, device: str | None = None,
+              rank0: bool = True) -> tuple[dict[str, Any], list[dict]]:
     import json
 
     done = fdir / "result.json"
@@ -339,7 +362,8 @@ def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cach
     t = attempt.train
     train, val, test = (cache.subset(getattr(fold, s), t) for s in ("train", "val", "test"))
     fitter = ProbeFitter if t.probe != "none" else Trainer
-    trainer = fitter(attempt.model, t, classes, fdir, progress=progress, on_epoch_end=on_epoch_end).fit(train, val)
+    trainer = fitter(attempt.model, t, classes, fdir, progress=progress, on_epoch_end=on_epoch_end,
+                     device=device).fit(train, val)
     setup, device = trainer.setup_, trainer.device_
     logits = predict_logits(setup, test.images, batch_size=t.eval_batch_size, device=device)
     pred = logits.argmax(1)
@@ -363,8 +387,9 @@ def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cach
         "infer_ms": inference_ms(setup.model, x), "n_train": len(train), "n_val": len(val), "n_test": len(test),
         "class_counts": trainer.class_counts_, "metrics": metrics, "history": history,
     }
-    write_per_class(metrics, fdir / "per_class.csv")
-    plot_confusion(metrics["confusion_matrix"], classes, fdir / "confusion.png",
-                   f"{attempt.name} {fold.name} test acc {metrics['accuracy']:.3f}")
-    write_json(done, result)
+    if rank0:
+        write_per_class(metrics, fdir / "per_class.csv")
+        plot_confusion(metrics["confusion_matrix"], classes, fdir / "confusion.png",
+                       f"{attempt.name} {fold.name} test acc {metrics['accuracy']:.3f}")
+        write_json(done, result)
     return result, history

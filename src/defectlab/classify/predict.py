@@ -22,11 +22,12 @@ from torchvision.transforms import v2
 from defectlab.classify.data import decode_resized
 from defectlab.classify.models import ModelConfig
 from defectlab.classify.regions import CropBox, region_crop
-from defectlab.classify.train import TrainConfig, build_setup, predict_logits, resolve_device
+from defectlab.classify.train import TrainConfig, build_setup, predict_logits
 from defectlab.config import from_dict
 from defectlab.data.io import load_pil
 from defectlab.data.regions import Box
 from defectlab.data.transforms import resize_ops
+from defectlab.devices import resolve_device
 from defectlab.errors import BadInputError
 
 
@@ -78,7 +79,7 @@ class Predictor:
         self.classes_ = list(cfg["classes"])
         self.setup_ = build_setup(model_cfg, self.train_cfg_, self.classes_, ckpt["class_counts"])
         self.setup_.model.load_state_dict(ckpt["model"])
-        self.device_ = resolve_device(self.device)
+        self.device_ = resolve_device(self.device, what="--device")
         self.setup_.model.to(self.device_)
         return self
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from defectlab import distributed
 from defectlab.classify.data import ImageSet
 from defectlab.classify.models import ModelConfig
 from defectlab.classify.train import (
@@ -31,7 +32,6 @@ from defectlab.classify.train import (
     TrainConfig,
     build_setup,
     predict_logits,
-    resolve_device,
     save_atomic,
     write_epochs_csv,
 )
@@ -86,18 +86,22 @@ class ProbeFitter:
     """Fit a probe head into ``out_dir`` (``best.pt``, ``epochs.csv``); the Trainer's attributes after ``fit``."""
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, classes: list[str], out_dir: str | Path,
-                 *, progress: bool = True, on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> None:
+                 *, progress: bool = True, on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+                 device: str | None = None) -> None:
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
         self.classes = classes
         self.out_dir = Path(out_dir)
         self.on_epoch_end = on_epoch_end
+        self.device = device
 
     def fit(self, train: ImageSet, val: ImageSet) -> ProbeFitter:
         cfg, out = self.train_cfg, self.out_dir
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        device = resolve_device(cfg.device)
+        # no training loop to share: under torchrun every process fits the same head, process 0 writes it
+        env = distributed.setup(self.device or cfg.device, what="train.device")
+        device = env.device
         counts = torch.bincount(train.labels, minlength=len(self.classes)).tolist()
         setup = build_setup(self.model_cfg, cfg, self.classes, counts)
         setup.classifier.freeze("all")
@@ -121,9 +125,10 @@ class ProbeFitter:
                "val_acc": (val_logits.argmax(1) == val.labels).float().mean().item(),
                "lr": 0.0, "seconds": time.perf_counter() - t0, "train_s": train_s}
         config = {"model": to_dict(self.model_cfg), "train": to_dict(cfg), "classes": self.classes}
-        save_atomic({"model": setup.model.state_dict(), "epoch": 1, "config": config, "class_counts": counts},
-                    out / "best.pt")
-        write_epochs_csv(out / "epochs.csv", [row])
+        if env.is_rank0:
+            save_atomic({"model": setup.model.state_dict(), "epoch": 1, "config": config, "class_counts": counts},
+                        out / "best.pt")
+            write_epochs_csv(out / "epochs.csv", [row])
         if self.on_epoch_end is not None:
             self.on_epoch_end(1, row)
         self.setup_, self.device_ = setup, device

@@ -42,9 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from defectlab import distributed
 from defectlab.classify.data import BatchAugment, ImageSet
 from defectlab.classify.models import Classifier, ModelConfig, build_classifier
 from defectlab.config import atomic_path, atomic_write_text, to_dict
+from defectlab.devices import resolve_device
 from defectlab.errors import ConfigError
 from defectlab.registry import Registry
 
@@ -74,7 +76,7 @@ class TrainConfig:
     monitor: str = "val_loss"  # val_loss | val_acc: picks the best checkpoint and drives early stopping
     seed: int = 0
     deterministic: bool = True  # torch deterministic algorithms (warn-only where none exist)
-    device: str = "auto"  # auto (cuda when present) | cpu | cuda[:N]
+    device: str = "auto"  # auto (cuda, else mps, when present) | cpu | cuda[:N] | mps (defectlab.devices)
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     eval_batch_size: int = 64
     method: str = "plain"  # a defectlab.imbalance METHODS name
@@ -139,22 +141,10 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"train.{name} must be a positive integer, got {getattr(cfg, name)!r}")
     if not cfg.lr > 0 or cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1 or cfg.patience < 0:
         raise ConfigError("train: need lr > 0, weight_decay >= 0, 0 <= label_smoothing < 1, patience >= 0")
-    resolve_device(cfg.device)
+    resolve_device(cfg.device, what="train.device")
     _imbalance().method.check_options(cfg.method, cfg.method_params, loss=cfg.loss,
                                       loss_params=_loss_params(cfg), sampler=cfg.sampler,
                                       sampler_params=cfg.sampler_params)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device '{name}' unknown; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA device is available")
-    return dev
 
 
 def _imbalance() -> Any:
@@ -238,16 +228,25 @@ class Trainer:
     """Train one attempt into ``out_dir`` (``epochs.csv``, ``last.pt``, ``best.pt``); resumes from
     ``last.pt`` when it exists and was written with the same config. ``fit`` returns self with
     ``setup_`` (best weights loaded), ``history_``, ``best_epoch_``, ``stopped_early_``, ``train_seconds_``.
+
+    ``device`` (default: ``train.device``) is where it trains; it is not part of the config, so a run can
+    resume on another device. Under ``torchrun`` with several processes it trains data-parallel
+    (``defectlab.distributed``): every process draws the same epoch order from the sampler and takes a
+    strided share of each global batch (``batch_size`` images per step in all, as with one process), DDP
+    averages the gradients, the epoch's numbers are summed over processes (validation is sharded too, so
+    every process takes the same best-epoch and stopping decisions), and process 0 alone writes files.
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, classes: list[str], out_dir: str | Path,
-                 *, progress: bool = True, on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> None:
+                 *, progress: bool = True, on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+                 device: str | None = None) -> None:
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
         self.classes = classes
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.on_epoch_end = on_epoch_end
+        self.device = device
 
     def fit(self, train: ImageSet, val: ImageSet) -> Trainer:
         """Train (or resume); torch's process-wide determinism flags are restored afterwards."""
@@ -263,8 +262,12 @@ class Trainer:
 
     def _fit(self, train: ImageSet, val: ImageSet) -> Trainer:
         cfg, out = self.train_cfg, self.out_dir
+        env = distributed.setup(self.device or cfg.device, what="train.device")
+        device, rank0 = env.device, env.is_rank0
+        if env.distributed and cfg.batch_size < 2 * env.world_size:
+            raise ConfigError(f"train.batch_size {cfg.batch_size} is too small for {env.world_size} processes: "
+                              "each needs at least 2 images per step (BatchNorm)")
         out.mkdir(parents=True, exist_ok=True)
-        device = resolve_device(cfg.device)
         counts = torch.bincount(train.labels, minlength=len(self.classes)).tolist()
         setup = build_setup(self.model_cfg, cfg, self.classes, counts)
         model = setup.model.to(device)
@@ -284,8 +287,11 @@ class Trainer:
             scaler.load_state_dict(ckpt["scaler"])
             state = ckpt["state"]
             log.info("%s: resuming after epoch %d", out, state["epoch"])
+        # DDP when distributed (its construction is a collective: every process has read last.pt by then);
+        # ``setup.model`` stays the bare model that is evaluated and saved.
+        net = distributed.wrap(model, env, find_unused=True)
         sign = 1.0 if cfg.monitor == "val_loss" else -1.0
-        bar = tqdm(range(state["epoch"], cfg.epochs), desc=out.name, disable=not self.progress,
+        bar = tqdm(range(state["epoch"], cfg.epochs), desc=out.name, disable=not (self.progress and rank0),
                    initial=state["epoch"], total=cfg.epochs)
         for epoch in bar:
             if state["stopped"]:
@@ -295,33 +301,36 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             seed_everything(cfg.seed, epoch)
-            train_loss, train_acc = self._train_epoch(setup, optimizer, scaler, train, device, use_amp)
+            train_loss, train_acc = self._train_epoch(setup, net, optimizer, scaler, train, env, use_amp)
             train_s = time.perf_counter() - t0
-            logits = predict_logits(setup, val.images, batch_size=cfg.eval_batch_size, device=device)
+            distributed.sync_buffers(model, env)  # BatchNorm statistics: process 0's everywhere
+            val_loss, val_acc = self._validate(setup, val, env)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                   "val_loss": F.cross_entropy(logits, val.labels).item(),
-                   "val_acc": (logits.argmax(1) == val.labels).float().mean().item(),
+                   "val_loss": val_loss, "val_acc": val_acc,
                    "lr": lr, "seconds": time.perf_counter() - t0, "train_s": train_s}
             state["history"].append(row)
             state["epoch"] = epoch + 1
             score = sign * row[cfg.monitor]
             if state["best_score"] is None or score < state["best_score"]:
                 state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-                save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "config": config,
-                             "class_counts": counts}, out / "best.pt")
+                if rank0:
+                    save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "config": config,
+                                 "class_counts": counts}, out / "best.pt")
             else:
                 state["bad_epochs"] += 1
                 state["stopped"] = 0 < cfg.patience <= state["bad_epochs"]
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": {"name": cfg.scheduler, "last_epoch": epoch + 1, "lr": lr},
-                         "scaler": scaler.state_dict(), "config": config, "class_counts": counts, "state": state},
-                        last)
-            write_epochs_csv(out / "epochs.csv", state["history"])
+            if rank0:
+                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": {"name": cfg.scheduler, "last_epoch": epoch + 1, "lr": lr},
+                             "scaler": scaler.state_dict(), "config": config, "class_counts": counts,
+                             "state": state}, last)
+                write_epochs_csv(out / "epochs.csv", state["history"])
             bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}",
                             val_acc=f"{row['val_acc']:.3f}")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch + 1, row)
         bar.close()
+        distributed.barrier(env)  # best.pt is written (by process 0) before anyone reads it
         best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(best["model"])
         self.setup_, self.device_ = setup, device
@@ -332,22 +341,43 @@ class Trainer:
         self.class_counts_ = counts
         return self
 
-    def _train_epoch(self, setup: Setup, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                     data: ImageSet, device: torch.device, use_amp: bool) -> tuple[float, float]:
+    def _validate(self, setup: Setup, val: ImageSet, env: distributed.DistEnv) -> tuple[float, float]:
+        """(loss, accuracy) on the validation set; distributed: each process its strided share, summed."""
         cfg = self.train_cfg
+        if not env.distributed:
+            logits = predict_logits(setup, val.images, batch_size=cfg.eval_batch_size, device=env.device)
+            return (F.cross_entropy(logits, val.labels).item(),
+                    (logits.argmax(1) == val.labels).float().mean().item())
+        images, labels = val.images[env.rank::env.world_size], val.labels[env.rank::env.world_size]
+        loss_sum, correct = 0.0, 0.0
+        if len(labels):
+            logits = predict_logits(setup, images, batch_size=cfg.eval_batch_size, device=env.device)
+            loss_sum = F.cross_entropy(logits, labels, reduction="sum").item()
+            correct = float((logits.argmax(1) == labels).sum())
+        loss_sum, correct, n = distributed.all_reduce_sum([loss_sum, correct, float(len(labels))], env)
+        return loss_sum / max(1.0, n), correct / max(1.0, n)
+
+    def _train_epoch(self, setup: Setup, net: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, data: ImageSet, env: distributed.DistEnv,
+                     use_amp: bool) -> tuple[float, float]:
+        cfg, device = self.train_cfg, env.device
         sampler = _imbalance().samplers.SAMPLERS.get(cfg.sampler)(data.labels.tolist(), **cfg.sampler_params)
         order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
         views = int(getattr(setup.method, "views", 1))
         setup.model.train()
         total_loss, correct, seen = 0.0, 0, 0
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on a batch of one
+        smallest = 2 * env.world_size if env.distributed else 2  # BatchNorm cannot train on a batch of one
+        if len(batches) > 1 and len(batches[-1]) < smallest:
             batches = batches[:-1]
-        for idx in tqdm(batches, desc="batches", leave=False, disable=not self.progress):
+        if env.distributed:  # every process drew the same order: each takes its share of each batch and
+            batches = [b[env.rank::env.world_size] for b in batches]  # its own augmentation draws
+            torch.manual_seed(torch.initial_seed() + 7919 * (env.rank + 1))
+        for idx in tqdm(batches, desc="batches", leave=False, disable=not (self.progress and env.is_rank0)):
             images, targets = data.images[idx].to(device), data.labels[idx].to(device)
             x = setup.augment(images) if views == 1 else torch.stack([setup.augment(images) for _ in range(views)], 1)
             with torch.autocast(device.type, enabled=use_amp):
-                outputs = setup.model(x)
+                outputs = net(x)
                 loss = setup.method.loss(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -358,6 +388,8 @@ class Trainer:
                 correct += int((logits.argmax(1) == targets).sum())
             total_loss += float(loss.detach()) * len(idx)
             seen += len(idx)
+        if env.distributed:
+            total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], env)
         return total_loss / max(1, seen), correct / max(1, seen)
 
 

@@ -21,6 +21,8 @@ from defectlab.errors import BadInputError, ConfigError
 app = typer.Typer(help="Anomaly detection trained on good images only.", no_args_is_help=True)
 
 CONFIG_FILE = "config.yaml"
+DEVICE_HELP = "auto (default: CUDA when present, else MPS, else CPU) | cpu | cuda | cuda:N | mps."
+HALF_HELP = "Half-precision inference (bfloat16 on the CPU, float16 on a GPU); scores differ slightly."
 
 
 def _resolve(base: dict[str, Any], overrides: dict[str, Any], options: dict[str, Any]):
@@ -65,10 +67,17 @@ def fit(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with RunConfig keys; flags override it."),
     test: bool = typer.Option(True, "--test/--no-test", help="Evaluate on the test split afterwards."),
     force: bool = typer.Option(False, help="Refit even if RUN holds a detector with this config."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    half: bool = typer.Option(False, "--half", help=HALF_HELP + " Test only: fitting stays float32."),
+    executor: str = typer.Option("local", help="local | ray: PatchCore's feature extraction on a Ray actor pool "
+                                               "(the same memory bank)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join (ray://HOST:10001, HOST:6379 or auto; "
+                                                     "default: start a local Ray)."),
+    workers: Optional[int] = typer.Option(None, help="Ray actors (default: the cluster's CPUs / threads)."),
 ) -> None:
     """Fit a detector on the good training images and save it (then test it)."""
     from defectlab.anomaly.detector import META_FILE, Detector
-    from defectlab.anomaly.runner import fit_detector
+    from defectlab.anomaly.runner import fit_detector, place
 
     base = load_yaml(config) if config else {}
     cfg = _resolve(base, {"data": str(data), "model": model, "image_size": image_size, "resize": resize,
@@ -80,8 +89,9 @@ def fit(
     if not force and (out / META_FILE).is_file() and previous.is_file() and load_yaml(previous) == resolved:
         typer.echo(f"{out}: already fitted with this config; reusing it (--force to refit)")
         det = Detector.load(out)
+        place(det, device)
     else:
-        det = fit_detector(cfg)
+        det = fit_detector(cfg, device=device, executor=executor, address=address, workers=workers)
         det.save(out)
         write_yaml(out / CONFIG_FILE, resolved)
         t = det.thresholds
@@ -92,7 +102,7 @@ def fit(
 
         index = open_dataset(cfg.data)
         if index.select(split="test"):
-            _run_test(det, index, out, cfg)
+            _run_test(det, index, out, cfg, half)
 
 
 @app.command("test")
@@ -100,13 +110,16 @@ def test_cmd(
     run: Path = typer.Argument(..., help="Run folder written by 'anomaly fit'."),
     data: Optional[Path] = typer.Argument(None, help="Dataset to test on (default: the one fitted on)."),
     overlays: Optional[int] = typer.Option(None, help="How many heatmap overlays to draw (default 24)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    half: bool = typer.Option(False, "--half", help=HALF_HELP),
 ) -> None:
     """Evaluate a saved detector on a test split: metrics.json, scores.csv, overlays, report.md."""
     from defectlab.anomaly.detector import Detector
-    from defectlab.anomaly.runner import RunConfig
+    from defectlab.anomaly.runner import RunConfig, place
     from defectlab.data.index import open_dataset
 
     det = Detector.load(run)
+    place(det, device)
     cfg_path = run / CONFIG_FILE
     cfg = from_dict(RunConfig, load_yaml(cfg_path)) if cfg_path.is_file() else RunConfig()
     if data is not None:
@@ -115,13 +128,13 @@ def test_cmd(
         cfg.data = det.training.get("data", "")
     if overlays is not None:
         cfg.overlays = overlays
-    _run_test(det, open_dataset(cfg.data), run, cfg)
+    _run_test(det, open_dataset(cfg.data), run, cfg, half)
 
 
-def _run_test(det, index, run: Path, cfg) -> None:  # noqa: ANN001 (types from lazy imports)
+def _run_test(det, index, run: Path, cfg, half: bool = False) -> None:  # noqa: ANN001 (types from lazy imports)
     from defectlab.report.anomaly_run import write_evaluation
 
-    res = write_evaluation(det, index, run, cfg)
+    res = write_evaluation(det, index, run, cfg, half=half)
     overall = res.metrics.get("all", {})
     if "image_auroc" in overall:
         msg = f"image AUROC {overall['image_auroc']:.3f}"
@@ -137,12 +150,15 @@ def predict(
     run: Path = typer.Argument(..., help="Run folder written by 'anomaly fit'."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the results to this CSV file."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Score new images with a saved detector: score, verdict (deployable threshold) and regions."""
     from defectlab.anomaly.detector import Detector
+    from defectlab.anomaly.runner import place
     from defectlab.data.io import is_image_file
 
     det = Detector.load(run)
+    place(det, device)
     files: list[Path] = []
     for p in images:
         if p.is_dir():

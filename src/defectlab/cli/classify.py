@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -16,14 +17,21 @@ def run(
     out: Path = typer.Option(..., "--out", help="Run folder; re-running the same command resumes it."),
     attempt: list[str] = typer.Option(None, "--attempt", help="Run only these attempts (repeatable)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    device: Optional[str] = typer.Option(None, "--device", help="Override every attempt's train.device: "
+                                         "auto (CUDA when present, else MPS, else CPU) | cpu | cuda[:N] | mps."),
 ) -> None:
-    """Train every attempt and write per-attempt results, comparison.{md,csv,json} and curves.png."""
+    """Train every attempt and write per-attempt results, comparison.{md,csv,json} and curves.png.
+
+    Data-parallel on N processes (gloo on the CPU, NCCL on GPUs):
+    torchrun --standalone --nproc-per-node N -m defectlab classify run EXPERIMENT.yaml --out RUN"""
+    from defectlab import distributed
     from defectlab.classify.experiment import load_experiment, run_experiment
 
     cfg = load_experiment(experiment)
-    run_experiment(cfg, out, only=attempt or None, progress=progress)
-    typer.echo((out / "comparison.md").read_text())
-    typer.echo(f"wrote {out}/comparison.md, comparison.csv, comparison.json, curves.png")
+    run_experiment(cfg, out, only=attempt or None, progress=progress, device=device)
+    if distributed.is_rank0():  # process 0 alone reports
+        typer.echo((out / "comparison.md").read_text())
+        typer.echo(f"wrote {out}/comparison.md, comparison.csv, comparison.json, curves.png")
 
 
 @app.command()
@@ -31,7 +39,7 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A finished `classify run` folder (or a best.pt checkpoint)."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     attempt: str = typer.Option(None, help="Attempt to use (default: highest test balanced accuracy)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else MPS, else CPU) | cpu | cuda[:N] | mps."),
 ) -> None:
     """Print the predicted class and its probability for each image."""
     from defectlab.classify.predict import Predictor, pick_checkpoint

@@ -350,7 +350,7 @@ def _batch_rows(model: Engine, folder: Path, batch: list[Path], loaded: list[Dec
             heat = str(target)
         rows.append(_row(rel, pred, decoded, heat, ""))
         if scored is not None:
-            scored.append((path, rel, decoded.image, pred))
+            scored.append((path, rel, decoded, pred))
     return rows
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, func, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from defectlab.errors import BadInputError, ConfigError
@@ -109,47 +109,44 @@ class RecordStore:
     # -- writing --------------------------------------------------------------------------------------
     def record_many(self, records: list[NewRecord]) -> list[int]:
         """Store the images, then insert the rows in one transaction; returns their ids."""
-        rows = []
-        for rec in records:
-            if rec.verdict not in VERDICTS:
-                raise ConfigError(f"verdict must be one of {VERDICTS}, got '{rec.verdict}'")
-            digest, rel = self.images.put(rec.image, rec.image_ext)
-            map_rel = self.images.put(rec.map_png, ".png")[1] if rec.map_png is not None else None
-            prio, queued = priority(rec.score, rec.threshold, rec.verdict, rec.type)
-            rows.append(
-                {
-                    "created_at": rec.created_at or datetime.now(UTC),
-                    "source": rec.source[:200],
-                    "origin": rec.origin,
-                    "image_name": rec.image_name,
-                    "image_sha256": digest,
-                    "image_path": rel,
-                    "map_path": map_rel,
-                    "width": rec.width,
-                    "height": rec.height,
-                    "model_version": rec.model_version,
-                    "score": float(rec.score),
-                    "threshold": float(rec.threshold),
-                    "verdict": rec.verdict,
-                    "type": rec.type,
-                    "type_prob": rec.type_prob,
-                    "type_top": rec.type_top,
-                    "boxes": [[int(v) for v in b] for b in rec.boxes],
-                    "regions": rec.regions,
-                    "latency_ms": float(rec.latency_ms),
-                    "priority": prio,
-                    "review_state": QUEUED if queued else SKIPPED,
-                    "version": 1,
-                }
-            )
+        rows = [self.row(rec) for rec in records]
         if not rows:
             return []
         with self._tx() as conn:
-            if conn.dialect.name in ("postgresql", "sqlite"):
-                ids = conn.execute(insert(Inspection).returning(Inspection.id), rows).scalars().all()
-            else:  # pragma: no cover - other servers
-                ids = [conn.execute(insert(Inspection), r).inserted_primary_key[0] for r in rows]
-        return list(ids)
+            return insert_rows(conn, rows)
+
+    def row(self, rec: NewRecord, image: tuple[str, str] | None = None) -> dict[str, Any]:
+        """The table row of ``rec``, its image (and map) stored first; ``image``: (sha256, path) of an
+        image already stored (``ImageFolder.put``)."""
+        if rec.verdict not in VERDICTS:
+            raise ConfigError(f"verdict must be one of {VERDICTS}, got '{rec.verdict}'")
+        digest, rel = image or self.images.put(rec.image, rec.image_ext)
+        map_rel = self.images.put(rec.map_png, ".png")[1] if rec.map_png is not None else None
+        prio, queued = priority(rec.score, rec.threshold, rec.verdict, rec.type)
+        return {
+            "created_at": rec.created_at or datetime.now(UTC),
+            "source": rec.source[:200],
+            "origin": rec.origin,
+            "image_name": rec.image_name,
+            "image_sha256": digest,
+            "image_path": rel,
+            "map_path": map_rel,
+            "width": rec.width,
+            "height": rec.height,
+            "model_version": rec.model_version,
+            "score": float(rec.score),
+            "threshold": float(rec.threshold),
+            "verdict": rec.verdict,
+            "type": rec.type,
+            "type_prob": rec.type_prob,
+            "type_top": rec.type_top,
+            "boxes": [[int(v) for v in b] for b in rec.boxes],
+            "regions": rec.regions,
+            "latency_ms": float(rec.latency_ms),
+            "priority": prio,
+            "review_state": QUEUED if queued else SKIPPED,
+            "version": 1,
+        }
 
     def record(self, rec: NewRecord) -> int:
         return self.record_many([rec])[0]
@@ -255,6 +252,19 @@ class _Tx:
         if exc[0] is not None and issubclass(exc[0], SQLAlchemyError):
             raise BadInputError(self.store.where, f"record store write failed ({_short(exc[1])})") from exc[1]
         return False
+
+
+_INSERT_ONE = insert(Inspection).returning(Inspection.id)
+
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert ``rows`` in the connection's transaction; their ids in order."""
+    if len(rows) == 1:  # a plain execute: cheaper than the batched ("insertmanyvalues") form
+        return [conn.execute(_INSERT_ONE, rows[0]).scalar_one()]
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        return list(conn.execute(insert(Inspection).returning(Inspection.id, sort_by_parameter_order=True),
+                                 rows).scalars().all())
+    return [conn.execute(insert(Inspection), r).inserted_primary_key[0] for r in rows]  # pragma: no cover
 
 
 def _limit(limit: int) -> int:

@@ -39,18 +39,20 @@ def _overlay_sample(rows_types: list[str], n: int) -> list[int]:
     return picked
 
 
-def write_evaluation(det: Detector, index: DatasetIndex, run: Path, cfg: RunConfig) -> EvalResult:
+def write_evaluation(det: Detector, index: DatasetIndex, run: Path, cfg: RunConfig, *,
+                     half: bool = False) -> EvalResult:
     """Evaluate on the test split and write the run's metrics.json, scores.csv, overlays/ and report.md;
-    the F1-optimal thresholds are added to the saved detector.json (reporting only)."""
+    the F1-optimal thresholds are added to the saved detector.json (reporting only). ``half``: see
+    ``runner.evaluate``."""
     records = evaluation_records(index)
     keep = _overlay_sample([r.defect_type for r in records], cfg.overlays)
-    res = evaluate(det, records, batch_size=cfg.batch_size, keep=set(keep))
+    res = evaluate(det, records, batch_size=cfg.batch_size, keep=set(keep), half=half)
     overall = res.metrics.get("all", {})
     det.thresholds.image_f1 = overall.get("image_f1_threshold")
     det.thresholds.pixel_f1 = overall.get("pixel_f1_threshold")
     det.save(run, tensors=False)
     timing = {"ms_per_image": res.ms_per_image, "batch_size": cfg.batch_size, "threads": torch.get_num_threads(),
-              "loadavg": list(os.getloadavg())}
+              "loadavg": list(os.getloadavg()), "device": str(det.model.device), "half": half}
     write_json(run / "metrics.json", {"data": str(index.root), "metrics": res.metrics, "timing": timing,
                                       "thresholds": det.info()["thresholds"]})
     buf = io.StringIO()

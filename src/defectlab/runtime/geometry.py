@@ -63,7 +63,10 @@ def resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def map_to_original(amap: np.ndarray, orig_hw: tuple[int, int], mode: str) -> np.ndarray:
-    """(H, W) map at the model's input size -> (H0, W0) float32 map on the original image."""
+    """(H, W) map at the model's input size -> (H0, W0) float32 map on the original image (a torch tensor
+    on any device is taken too)."""
+    if hasattr(amap, "detach"):  # a torch tensor, perhaps on a GPU
+        amap = amap.detach().cpu().numpy()
     m = np.asarray(amap, dtype=np.float32)
     h, w = m.shape
     h0, w0 = orig_hw

@@ -36,6 +36,7 @@ from defectlab.data.io import DEFAULT_MAX_PIXELS, Decoded
 from defectlab.errors import ConfigError, DefectLabError
 from defectlab.inspect.engine import Engine, load_engine
 from defectlab.inspect.render import overlay_png
+from defectlab.inspect.version import model_version
 from defectlab.runtime.prediction import Prediction
 from defectlab.serve.limits import Admission, BodyLimit, QueueGate, UploadRefused, decode_upload
 from defectlab.serve.ops import DOCS_PAGE, Metrics, RequestContext, RequestHook, public_info
@@ -75,7 +76,7 @@ class InspectResult(BaseModel):
     boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 in the file's pixels (x1, y1 exclusive)
     heatmap_png: str | None  # base64 PNG: the anomaly map over the image, boxes drawn (large images: reduced)
     elapsed_ms: float
-    model: str  # the model's version: method and the first 12 hex digits of its sha256
+    model: str  # the model's version (defectlab.inspect.version): the same string the records carry
     request_id: str
     # an inspection bundle (defectlab.verdict) adds the part's verdict; None for a plain anomaly run
     type: str | None = None  # defect type, "unknown", or None when good
@@ -97,11 +98,6 @@ _KEY = APIKeyHeader(name="X-API-Key", auto_error=False,
                     description="Needed when the server runs with --api-key.")
 _CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
         "script-src 'unsafe-inline'; connect-src 'self'")
-
-
-def model_version(info: dict[str, Any]) -> str:
-    sha = info.get("model_sha256") or "unknown"
-    return f"{info.get('method', 'model')}-{sha[:12]}"
 
 
 def result_fields(filename: str, decoded: Decoded, pred: Prediction) -> dict[str, Any]:
@@ -193,34 +189,35 @@ def create_app(run: str | Path | Engine, config: ServeConfig = ServeConfig(), *,
 
     Scored = tuple[dict[str, Any], bytes | None]  # response fields, heatmap PNG
 
-    def score(data: bytes, filename: str, request_id: str, heatmap: bool, source: str | None = None) -> Scored:
+    def score(data: bytes, filename: str, request_id: str, heatmap: bool,
+              source: str | None = None) -> tuple[dict[str, Any], bytes | None, Any]:
         t0 = time.perf_counter()
         try:
             pre = getattr(engine, "preprocess", None)
             decoded = decode_upload(data, max_pixels=config.max_pixels, mode=pre.mode if pre else "RGB",
                                     fit=getattr(engine, "input_size", None),
                                     max_work_pixels=getattr(engine, "model_pixel_budget", None))
-            pred = engine.predict_images([decoded.image])[0]
-            pending = (recorder.submit_bytes(data, filename, decoded.image, pred, t0, source)  # records
-                       if recorder is not None else None)
+            staged = recorder.stage(data, filename) if recorder is not None else None  # records: image
+            pred = engine.predict_images([decoded.image])[0]                          # file written meanwhile
+            pending = recorder.submit(staged, decoded, pred, t0, source) if staged is not None else None
             fields = result_fields(filename, decoded, pred)
             png = overlay_png(decoded.image, pred) if heatmap else None
-            if pending is not None:  # records: answer only once the record is committed (503 if not)
-                pending.wait()
             for hook in app.state.inspect_hooks:
                 try:
                     hook({**fields, "request_id": request_id, "model": version}, pred)
                 except Exception:  # noqa: BLE001 - a hook must never break serving
                     log.exception("inspect hook %r failed", hook)
-            return fields, png
+            return fields, png, pending
         finally:
             _trim_heap()
 
     async def inspect_upload(request: Request, file: UploadFile, heatmap: bool, source: str | None = None) -> Scored:
         data = await file.read()
         record = request.state.log
-        fields, png = await on_worker(lambda: score(data, file.filename or "", record["request_id"], heatmap,
-                                                    source))
+        fields, png, pending = await on_worker(lambda: score(data, file.filename or "", record["request_id"],
+                                                             heatmap, source))
+        if pending is not None:  # records: answer only once the record is committed (503 if not)
+            record.update(await pending.committed())
         record.update(verdict=fields["verdict"], score=round(fields["score"], 6), width=fields["width"],
                       height=fields["height"])
         return fields, png

@@ -7,22 +7,26 @@ need the API key when the server has one. ``attach_records`` is the only thing `
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from defectlab.anomaly.base import Prediction
+from defectlab.data.io import Decoded
 from defectlab.errors import DefectLabError
 from defectlab.inspect.render import overlay_png
+from defectlab.inspect.version import engine_version
 from defectlab.records import (
     BadReview,
     RecordFilter,
@@ -35,8 +39,8 @@ from defectlab.records import (
     history,
     open_store,
 )
-from defectlab.records.recorder import cached_version
 from defectlab.records.store import MAX_PAGE, QUEUE_COUNT_CAP, utc
+from defectlab.records.writer import GroupWriter
 
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
@@ -57,45 +61,66 @@ class ReviewBody(BaseModel):
 
 
 class Recorder:
-    """Records ``/inspect`` requests. ``submit`` starts the work (map PNG, hashing, image file, insert,
-    commit) on a small writer pool right after the prediction, so it overlaps with the heatmap encoding;
-    the request then waits on ``Pending.wait()`` and answers only once its record is committed."""
+    """Records ``/inspect`` requests, off the request's path as far as durability allows:
 
-    def __init__(self, store: RecordStore, engine: Any, default_source: str = "", workers: int = 4) -> None:
+    * ``stage(data, name)`` right after the upload decodes: hashing and writing the image file run on a
+      small pool while the model scores;
+    * ``submit(staged, decoded, pred, ...)`` after scoring: the writer thread (``GroupWriter``) builds the
+      row (anomaly map PNG) while the request renders its heatmap, and commits it, in one transaction with
+      whatever other requests queued meanwhile;
+    * the request answers once ``Pending.committed()`` returns: an answered request is on record.
+    """
+
+    def __init__(self, store: RecordStore, engine: Any, default_source: str = "", workers: int = 2) -> None:
         self.store, self.engine, self.default_source = store, engine, default_source
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="records")
+        self.version = engine_version(engine)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="records-images")
+        self.writer = GroupWriter(store)
 
-    def submit(self, file: UploadFile, image: Image.Image, pred: Prediction, t0: float,
+    def stage(self, data: bytes, name: str) -> Staged:
+        ext = Path(name).suffix or ".img"
+        return Staged(self.pool.submit(self.store.images.put, data, ext), data, name, ext)
+
+    def submit(self, staged: Staged, decoded: Decoded, pred: Prediction, t0: float,
                source: str | None = None) -> Pending:
-        file.file.seek(0)
-        return self.submit_bytes(file.file.read(), file.filename or "", image, pred, t0, source)
-
-    def submit_bytes(self, data: bytes, name: str, image: Image.Image, pred: Prediction, t0: float,
-                     source: str | None = None) -> Pending:
-        """``t0``: when scoring started; the recorded latency is decode + inference."""
+        """``t0``: when scoring started; the recorded latency is decode + inference. The record keeps the
+        file's own size (as the response does), also for an image reduced on load."""
         latency_ms = round((time.perf_counter() - t0) * 1000, 2)
-        ext = Path(name).suffix if Path(name).suffix else ".img"
-        version = cached_version(self.engine)
 
-        def work() -> int:
-            rec = from_prediction(pred, data, name, image.width, image.height, version=version,
-                                  latency_ms=latency_ms, source=source or self.default_source,
-                                  origin="service", ext=ext)
-            return self.store.record(rec)
+        def make_row() -> dict[str, Any]:
+            rec = from_prediction(pred, staged.data, staged.name, decoded.width, decoded.height,
+                                  version=self.version, latency_ms=latency_ms,
+                                  source=source or self.default_source, origin="service", ext=staged.ext)
+            return self.store.row(rec, image=staged.future.result())
 
-        return Pending(self.pool.submit(work))
+        return Pending(self.writer.submit(make_row))
+
+@dataclass(frozen=True)
+class Staged:
+    """An upload's image file being written (``future``: its sha256 and path in the image folder)."""
+
+    future: Future
+    data: bytes
+    name: str
+    ext: str
 
 
 class Pending:
-    def __init__(self, future: Future) -> None:
-        self.future = future
+    def __init__(self, future: Future, timeout_s: float = 60.0) -> None:
+        self.future, self.timeout_s = future, timeout_s
 
-    def wait(self) -> int:
-        """The record id once committed; 503 if it could not be (not on record = did not happen)."""
+    async def committed(self) -> dict[str, Any]:
+        """Wait (without holding a thread) until the record is committed; 503 if it could not be (not on
+        record = did not happen). Returns the access log's fields: ``record_id`` and ``record_wait_ms``,
+        how long the answer waited for the commit (what recording adds to it)."""
+        t0 = time.perf_counter()
         try:
-            return self.future.result()
+            rid = await asyncio.wait_for(asyncio.wrap_future(self.future), self.timeout_s)
+            return {"record_id": rid, "record_wait_ms": round((time.perf_counter() - t0) * 1000, 3)}
         except DefectLabError as exc:
             raise HTTPException(503, f"inspection not recorded: {exc}") from None
+        except asyncio.TimeoutError:
+            raise HTTPException(503, "inspection not recorded in time") from None
 
 
 def _get(store: RecordStore, record_id: int) -> dict[str, Any]:
@@ -230,7 +255,9 @@ def attach_records(
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP})
 
     app.state.records = store
-    return Recorder(store, engine, source)
+    recorder = Recorder(store, engine, source)
+    app.state.recorder = recorder
+    return recorder
 
 
-__all__ = ["Pending", "Recorder", "attach_records", "records_router"]
+__all__ = ["Pending", "Recorder", "Staged", "attach_records", "records_router"]

@@ -51,6 +51,7 @@ def data_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-holdout", type=int, default=50, help="held-out good images for the refined threshold")
     ap.add_argument("--max-shots-per-tile", type=int, default=3, help="shots kept per defective tile")
     ap.add_argument("--shard", default="", help="i/N: only compute and cache shard i of N of the features")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
 
 
 def load_features(det: Detector, run: Path, data: Path, args: argparse.Namespace) -> tuple[Features, dict]:
@@ -179,7 +180,7 @@ def main() -> int:
     ap.add_argument("--eval-stride", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fewshot_magnetic_tile.json"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data = Path(args.data)
     if not data.is_dir():
         print(f"{data}: dataset not present", file=sys.stderr)

@@ -414,6 +414,42 @@ def ray_inspect() -> Section | None:
         "the idle serving benchmark.")
 
 
+def scaling_cpu() -> Section | None:
+    ddp, half, fit, same = (load(f) for f in ("classify_ddp.json", "anomaly_half.json", "ray_fit.json",
+                                                "devices_cpu_identity.json"))
+    if not (ddp and half and fit and same):
+        return None
+
+    def acc(d: dict[str, Any], key: str) -> str:
+        m = d[key]["mean"]["balanced_acc"]
+        return f"{m['mean']:.3f} ± {m['std']:.3f}"
+
+    rows = [[f"classify DDP, {name}: balanced accuracy, 1 process vs 2 (gloo), seeds {d['seeds']}",
+             acc(d, "one_process"), acc(d, "two_processes")] for name, d in ddp.items()]
+    rows.append(["PatchCore fit, features on a local Ray actor pool: model fit s (bank identical: "
+                 f"{fit['bank_identical']})", f"{fit['model_fit_seconds']['local']:.0f}",
+                 f"{fit['model_fit_seconds']['ray']:.0f}"])
+    rows.append([f"anomaly test --half ({half['half_dtype'].removeprefix('torch.')} on the CPU), "
+                 f"{half['n_images']} magnetic_tile images: image AUROC", f3(half["image_auroc"]["float32"]),
+                 f3(half["image_auroc"]["half"])])
+    return Section(
+        "Scaling on the CPU: DDP, Ray feature extraction, half precision",
+        "python bench/classify_ddp.py; python bench/ray_fit.py; python bench/anomaly_half.py; "
+        "python bench/devices_cpu_identity.py",
+        "bench/results/classify_ddp.json, bench/results/ray_fit.json, bench/results/anomaly_half.json, "
+        "bench/results/devices_cpu_identity.json", "2-core CPU (x86_64) shared with other work",
+        table(["", "baseline (1 process / local / float32)", "scaled (2 processes / Ray / half)"], rows),
+        f"Two DDP processes train to the accuracy of one within the spread over seeds. The Ray fit builds the same "
+        f"memory bank and threshold as the local one; on one 2-core machine it is slower (Ray's start-up and a "
+        f"second actor competing for the same cores): it pays on a cluster. Half precision on this CPU changes "
+        f"scores by {100 * half['score_rel_diff']['median']:.2f}% (median, max "
+        f"{100 * half['score_rel_diff']['max']:.1f}%) and {half['verdicts_changed']} of {half['n_images']} verdicts, "
+        f"and saves no time ({half['ms_per_image']['float32']:.0f} vs {half['ms_per_image']['half']:.0f} ms per "
+        f"image): keep float32 on a CPU. With `--device auto` on this CPU, PatchCore, PaDiM and kNN fits and scores "
+        f"and a classify run are identical to the tree before devices existed: {same['identical']}. "
+        "No GPU run yet: `bash bench/gpu_check.sh` records one where a GPU is available.")
+
+
 def soak() -> Section | None:
     d = load("soak_magnetic_tile.json")
     if d is None:
@@ -471,7 +507,7 @@ def soak() -> Section | None:
 
 SECTIONS: list[Callable[[], Section | None]] = [
     anomaly_tile_split, threshold_holdout, anomalib_side_by_side, classify_neu, classify_grouped,
-    lambda: _longtail("neu"), lambda: _longtail("magnetic_tile"), segmentation, serving, soak, records,
+    lambda: _longtail("neu"), lambda: _longtail("magnetic_tile"), segmentation, serving, soak, records, scaling_cpu,
     fewshot_curve, verdict_bench, nn_search, ray_inspect,
 ]
 

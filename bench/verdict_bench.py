@@ -114,7 +114,7 @@ def main() -> int:
     ap.add_argument("--latency-images", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "verdict_magnetic_tile.json"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data, run = Path(args.data), Path(args.anomaly_run)
     if not data.is_dir():
         print(f"{data}: dataset not present", file=sys.stderr)
@@ -188,7 +188,7 @@ def main() -> int:
         "per_seed": per_seed,
         "args": vars(args),
         "latency": latency(run, bundle_dir, lat_images[: args.latency_images], 2),  # type: ignore[arg-type]
-        "machine": "2-core machine shared with other work (CPU, torch 2 threads)",
+        "machine": f"2-core machine shared with other work (CPU, torch {args.threads} threads)",
     }
     write_json(args.out, result)
     print(summary, result["latency"])

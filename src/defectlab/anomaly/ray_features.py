@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +29,7 @@ import torch
 from defectlab.anomaly.base import AnomalyModel
 from defectlab.anomaly.detector import Preprocess
 from defectlab.data.index import SampleRecord
+from defectlab.ray_pool import ordered_map, ray_session
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +70,6 @@ class _FeatureActor:
                 "shape": np.asarray(shapes, dtype=object)}
 
 
-@contextmanager
-def ray_session(address: str | None) -> Iterator[Any]:
-    """Ray, joined at ``address`` or started locally (and then stopped) unless this process already runs it."""
-    from defectlab.inspect.executors import _ray
-
-    ray = _ray()
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def ray_patch_features(model: AnomalyModel, records: Sequence[SampleRecord], preprocess: Preprocess,
                        batch_size: int, *, address: str | None = None,
                        workers: int | None = None) -> Iterator[torch.Tensor]:
@@ -111,23 +90,13 @@ def ray_patch_features(model: AnomalyModel, records: Sequence[SampleRecord], pre
         resource = "GPU" if gpu else "CPU"
         fits = max(1, int(ray.cluster_resources().get(resource, 1)) // (1 if gpu else job.threads))
         size = min(workers or fits, fits)  # more actors than the cluster holds would wait forever
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # batches in order: the coreset sees the local stream
-        ctx.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         items = [{"unit": i, "indices": json.dumps(u)} for i, u in enumerate(units)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        out = ds.map_batches(_FeatureActor, fn_constructor_args=(job, state), batch_size=1,
-                             compute=ray.data.ActorPoolStrategy(size=min(size, len(units))),
-                             batch_format="numpy", **per_actor)
         bar = tqdm(total=len(units), desc="patchcore: features (ray)", unit="batch", leave=False, disable=None)
-        for expected, row in enumerate(out.iter_rows()):
-            if int(row["unit"]) != expected:  # preserve_order makes this impossible; never feed out of order
-                raise RuntimeError(f"ray features: batch {row['unit']} arrived, expected {expected}")
+        for row in ordered_map(ray, items, _FeatureActor, (job, state), size, **per_actor):
             shape = tuple(json.loads(row["shape"]))
             bar.update(1)
             yield torch.from_numpy(np.frombuffer(row["features"], dtype=np.float32).reshape(shape).copy())
         bar.close()
 
 
-__all__ = ["FeatureJob", "ray_patch_features", "ray_session"]
+__all__ = ["FeatureJob", "ray_patch_features"]

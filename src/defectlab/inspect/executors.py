@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from defectlab.errors import ConfigError
+from defectlab.ray_pool import ordered_map, ray_session
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
@@ -80,53 +80,20 @@ class _InspectActor:
         return {"unit": np.asarray(batch["unit"]), "rows": np.asarray(rows, dtype=object)}
 
 
-def _ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise ConfigError("--executor ray needs Ray: pip install 'ray[data]'") from None
-    return ray
-
-
 def ray_unit_rows(job: UnitJob, units: list[list[str]], *, address: str | None = None,
                   workers: int | None = None) -> Iterator[list[dict]]:
     """The CSV rows of each unit, in unit order, computed by a Ray actor pool (see the module docstring)."""
     if not units:
         return
-    ray = _ray()
     if job.threads < 1:
         import torch
 
         job = replace(job, threads=torch.get_num_threads())
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        started = True
-    try:
+    with ray_session(address) as ray:
         size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // job.threads)
-        size = min(size, len(units))
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # rows in unit order: the CSV is the local one's
-        ctx.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         items = [{"unit": i, "paths": json.dumps(u)} for i, u in enumerate(units)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        out = ds.map_batches(_InspectActor, fn_constructor_args=(job,), batch_size=1, num_cpus=job.threads,
-                             compute=ray.data.ActorPoolStrategy(size=size), batch_format="numpy")
-        expected = 0
-        for row in out.iter_rows():
-            if int(row["unit"]) != expected:  # preserve_order makes this impossible; never write out of order
-                raise RuntimeError(f"ray executor: unit {row['unit']} arrived, expected {expected}")
-            expected += 1
+        for row in ordered_map(ray, items, _InspectActor, (job,), size, num_cpus=job.threads):
             yield json.loads(row["rows"])
-    finally:
-        if started:
-            ray.shutdown()
 
 
 __all__ = ["EXECUTORS", "UnitJob", "check_executor", "ray_unit_rows"]

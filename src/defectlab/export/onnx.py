@@ -38,6 +38,7 @@ from defectlab.inspect.onnx_engine import FEATURES_FILE, META_FILE, ONNX_DIR, SC
 log = logging.getLogger(__name__)
 
 OPSET = 17
+BANK_CHUNK = 512  # memory-bank rows per distance block: the scorer holds a (B, P, BANK_CHUNK) matrix at a time
 
 
 class FeatureGraph(nn.Module):
@@ -65,10 +66,26 @@ class PatchCoreGraph(nn.Module):
         emb = patch_embedding(self.extractor(x), neighbourhood=self.cfg.neighbourhood,
                               max_dim=self.cfg.max_feature_dim)
         q = emb.flatten(2).transpose(1, 2)  # (B, P, C)
-        idx = (self.bank_sq - 2 * (q @ self.bank.T)).argmin(dim=-1)  # (B, P): search.torch_nearest, unchunked
+        idx = nearest_rows(q, self.bank, self.bank_sq)  # (B, P): search.torch_nearest's argmin
         patch = ((q - self.bank[idx]) ** 2).sum(-1).sqrt()  # exact distance to the chosen row, as there
         maps = gaussian_blur(upsample(patch.view_as(emb[:, 0]), x.shape[-2:]), self.cfg.sigma)
         return reweighted_score(q, patch, idx, self.bank, self.bank_sq, self.cfg.num_neighbours), maps
+
+
+def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """argmin over bank rows of ``|b|^2 - 2 q.b``, in blocks of ``BANK_CHUNK`` rows (the bank's size is fixed
+    at export, so the blocks unroll into the graph): memory bounded by the block, not the bank; ties go to
+    the first row, as one argmin over the whole bank."""
+    best_d, best_i = None, None
+    for start in range(0, bank.shape[0], BANK_CHUNK):
+        d, i = (bank_sq[start:start + BANK_CHUNK] - 2 * (q @ bank[start:start + BANK_CHUNK].T)).min(dim=-1)
+        if best_d is None or best_i is None:
+            best_d, best_i = d, i
+        else:
+            better = d < best_d
+            best_d, best_i = torch.where(better, d, best_d), torch.where(better, i + start, best_i)
+    assert best_i is not None, "empty memory bank"
+    return best_i
 
 
 SCORER_GRAPHS = {"patchcore": PatchCoreGraph}

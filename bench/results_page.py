@@ -418,7 +418,8 @@ def runtime_rss() -> Section | None:
     d = load("runtime_rss.json")
     if d is None:
         return None
-    names = {"torch": "torch engine", "onnx_before": f"ONNX engine before the runtime ({d['baseline_commit'][:7]})",
+    names = {"torch": "torch engine",
+             "onnx_before": f"ONNX engine before the runtime ({d['baseline_commit'][:7]}, same export)",
              "onnx_cli": "`defectlab serve --engine onnx`", "runtime": "`defectlab-runtime serve`"}
     rows = [[names[k], "yes" if s["torch_loaded"] else "no", f"{s['peak_rss_mb']:.0f}",
              f"{s['peak_rss_with_largest_mb']:.0f}", f"{s['p50_ms']:.0f}", f"{s['server_cpu_ms_per_request']:.0f}",
@@ -432,9 +433,9 @@ def runtime_rss() -> Section | None:
         f"The default PatchCore run on magnetic_tile, {d['requests']} requests over {d['images']} test images per "
         f"server, the servers side by side in a random order each round; then the largest image the model accepts "
         f"({d['largest_image']}). Without torch the service holds a fifth of the memory at the same latency and "
-        f"CPU; scores differ from the engine before by at most {diff:.1g}. The largest accepted image still "
-        "lifts the peak to about 400 MB: the exported scorer builds the whole patches x memory-bank distance "
-        "matrix in one piece (`--max-model-pixels` bounds it).")
+        f"CPU; scores differ from the engine before by at most {diff:.1g}. The exported scorer searches the memory "
+        "bank in blocks of 512 rows, so the largest accepted image adds the blocks' and the larger backbone "
+        "activations' memory, not a whole patches x bank matrix.")
 
 
 def scaling_cpu() -> Section | None:

@@ -81,3 +81,20 @@ def test_cli_export_and_stale_export_refused(run: Path, tmp_path: Path, capsys: 
 def test_export_refuses_a_non_run(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="not a detector run folder"):
         export_onnx(tmp_path)
+
+
+def test_blocked_bank_search_is_one_argmin() -> None:
+    """The exported scorer's search in blocks of bank rows picks what one argmin over the whole bank picks,
+    ties included (the first row), across several blocks."""
+    import torch
+
+    from defectlab.export.onnx import BANK_CHUNK, nearest_rows
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(2 * BANK_CHUNK + 77, 8, generator=g)
+    bank[BANK_CHUNK + 5] = bank[3]  # a tie across blocks: row 3 must win
+    q = torch.cat([torch.randn(2, 50, 8, generator=g), bank[3].expand(2, 1, 8)], dim=1)
+    bank_sq = (bank * bank).sum(-1)
+    expected = (bank_sq - 2 * (q @ bank.T)).argmin(dim=-1)
+    got = nearest_rows(q, bank, bank_sq)
+    assert torch.equal(got, expected) and (got[:, -1] == 3).all()

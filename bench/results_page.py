@@ -513,7 +513,7 @@ def soak() -> Section | None:
                     f"{fixed['6300x6300.jpg']['peak_mb']:.0f} MB.")
     if long_runs:
         sent = ", ".join(f"{r['requests']:,} on {e} in {r['wall_s'] / 60:.0f} min" for e, r in long_runs.items())
-        reading += (f" The long runs (`--requests {long['requests_asked']} --minutes {long['minutes_per_engine']:g}`, "
+        reading += (f" The long runs (`--requests {long['requests_asked']}`, one per engine, "
                     f"bench/results/soak_magnetic_tile_20k.json; {long['machine']}) sent the same mix, {sent}: "
                     f"{sum(r['n_5xx'] for r in long_runs.values())} responses were 5xx and RSS changed by at most "
                     f"{max(abs(r['rss_mb']['growth_last_half_pct']) for r in long_runs.values()):.1f}% over each "

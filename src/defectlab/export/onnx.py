@@ -76,15 +76,15 @@ def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> 
     """argmin over bank rows of ``|b|^2 - 2 q.b``, in blocks of ``BANK_CHUNK`` rows (the bank's size is fixed
     at export, so the blocks unroll into the graph): memory bounded by the block, not the bank; ties go to
     the first row, as one argmin over the whole bank."""
-    best_d, best_i = None, None
-    for start in range(0, bank.shape[0], BANK_CHUNK):
-        d, i = (bank_sq[start:start + BANK_CHUNK] - 2 * (q @ bank[start:start + BANK_CHUNK].T)).min(dim=-1)
-        if best_d is None or best_i is None:
-            best_d, best_i = d, i
-        else:
-            better = d < best_d
-            best_d, best_i = torch.where(better, d, best_d), torch.where(better, i + start, best_i)
-    assert best_i is not None, "empty memory bank"
+    def block(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = slice(start, start + BANK_CHUNK)
+        return (bank_sq[rows] - 2 * (q @ bank[rows].T)).min(dim=-1)
+
+    best_d, best_i = block(0)
+    for start in range(BANK_CHUNK, bank.shape[0], BANK_CHUNK):
+        d, i = block(start)
+        better = d < best_d  # strict: an equal distance keeps the earlier row
+        best_d, best_i = torch.where(better, d, best_d), torch.where(better, i + start, best_i)
     return best_i
 
 

@@ -229,3 +229,47 @@ def test_serve_returns_the_verdict(parts: dict[str, Path]) -> None:
     body = r.json()
     assert body["verdict"] == "defect" and body["type"] and body["regions"] and body["scores"]
     assert client.get("/model").json()["bundle"]["classes"] == ["contamination", "crack", "hole", "scratch"]
+
+
+def test_region_guided_classifier_types_each_region(parts: dict[str, Path], tmp_path: Path) -> None:
+    """A region-pooled classifier in a bundle classifies each region the rule found (its mask), not the
+    whole image."""
+    from defectlab.classify.data import cache_images
+    from defectlab.classify.models import ModelConfig
+    from defectlab.classify.probe import ProbeFitter
+    from defectlab.classify.train import TrainConfig
+    from defectlab.data.index import open_dataset
+
+    recs = [r for r in open_dataset(parts["data"]).records if r.split == "test" and r.defect_type != "good"]
+    classes = sorted({r.defect_type for r in recs})
+    images = cache_images(recs, {c: i for i, c in enumerate(classes)}, size=64, input="pooled")
+    ProbeFitter(ModelConfig("mobilenet_v2", weights="imagenet"), TrainConfig(image_size=64, input="pooled",
+                                                                             probe="linear"),
+                classes, tmp_path / "cls" / "pooled", progress=False).fit(images, images)
+    build_bundle(parts["run"], tmp_path / "b", classify_run=tmp_path / "cls", attempt="pooled")
+    bundle = Bundle.load(tmp_path / "b")
+    cls = bundle.classifier
+    assert cls.region_guided
+    calls = []
+    real = cls.predict_regions
+
+    def spy(image, boxes, masks=None):  # type: ignore[no-untyped-def]
+        calls.append((boxes, masks))
+        return real(image, boxes, masks)
+
+    cls.predict_regions = spy
+    cls.predict = None  # a region-guided classifier must not be asked about whole images
+    defective = [q for q in held_out(parts) if q.parent.name != "good"][:4]
+    for name, pil, v, _ in bundle.verdicts(defective):
+        assert v.verdict == "defect" and v.regions, name
+        for region in v.regions:
+            (x, y, w, h), = calls.pop(0)[0]
+            assert (x, y, x + w, y + h) == region.box
+        r = v.regions[0]
+        full = np.zeros((pil.height, pil.width), bool)
+        x0, y0, x1, y1 = r.box
+        full[y0:y1, x0:x1] = r.mask
+        want = real(pil, [(x0, y0, x1 - x0, y1 - y0)], [full])[0].probabilities
+        top = sorted(want.items(), key=lambda kv: -kv[1])[:3]
+        assert r.probabilities == pytest.approx(dict(top), abs=1e-5)
+    assert not calls

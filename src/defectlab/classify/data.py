@@ -5,6 +5,8 @@ image, so an attempt decodes every image once (``ImageCache``) and each epoch on
 (N, 3, H, W) uint8 tensor. Augmentation uses the presets of ``defectlab.data.transforms`` (the same
 ops as ``PairTransform``: none | basic: flips, rotation, random resized crop | strong: + colour jitter,
 random erasing), applied per sample to the cached uint8 image; normalisation is done per batch.
+A region-pooled attempt (``input="pooled"``, ``defectlab.classify.pooled``) caches a fourth channel, the
+region's mask, which moves with the image and is passed on as weights in [0, 1].
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from defectlab.data.index import SampleRecord
-from defectlab.data.io import load_pil
-from defectlab.data.transforms import augment_ops, erase_op, resize_ops
+from defectlab.data.io import load_mask, load_pil
+from defectlab.data.transforms import augment_ops, erase_op, resize_ops, standardize_intensity
 
 
 @dataclass
@@ -45,13 +47,20 @@ def decode_resized(path: str | Image.Image, size: int, resize: str = "squash") -
 def cache_images(records: Sequence[SampleRecord], class_to_idx: dict[str, int], *, size: int,
                  resize: str = "squash", desc: str = "decode", input: str = "whole", margin: float = 0.25,
                  min_side: int = 48) -> ImageSet:
-    """Decode ``records`` once: whole images resized (``input="whole"``), or crops around each record's
-    mask region (``input="region"``, see ``defectlab.classify.regions``)."""
+    """Decode ``records`` once: whole images resized (``input="whole"``), crops around each record's
+    mask region (``input="region"``, see ``defectlab.classify.regions``), or whole images with their mask
+    as a fourth channel (``input="pooled"``, see ``defectlab.classify.pooled``)."""
+    from defectlab.classify.pooled import pooled_input
     from defectlab.classify.regions import decode_region
 
-    images = torch.empty((len(records), 3, size, size), dtype=torch.uint8)
+    images = torch.empty((len(records), 4 if input == "pooled" else 3, size, size), dtype=torch.uint8)
     for i, rec in enumerate(tqdm(records, desc=desc, leave=False, disable=len(records) < 200)):
-        if input == "region":
+        if input == "pooled":
+            img = v2.functional.pil_to_tensor(load_pil(rec.path, "RGB"))
+            size_wh = (int(img.shape[-1]), int(img.shape[-2]))
+            mask = load_mask(rec.mask_path, size_wh) if rec.mask_path is not None else None
+            images[i] = pooled_input(img, mask, size, resize)
+        elif input == "region":
             images[i] = decode_region(rec.path, rec.mask_path, size, margin=margin, min_side=min_side)[0]
         else:
             images[i] = decode_resized(str(rec.path), size, resize)
@@ -62,20 +71,26 @@ def cache_images(records: Sequence[SampleRecord], class_to_idx: dict[str, int], 
 class BatchAugment:
     """``(B, 3, H, W) uint8 -> (B, 3, H, W) float normalised``, random per sample for ``basic``/``strong``.
 
-    Randomness comes from torch's global generator, which the trainer seeds per epoch.
+    Randomness comes from torch's global generator, which the trainer seeds per epoch. ``standardize``:
+    each image's intensities are standardised first (``standardize_intensity``). Channels after the third
+    (a region mask) are only scaled to [0, 1].
     """
 
-    def __init__(self, preset: str, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, preset: str, size: int, mean: Sequence[float], std: Sequence[float], *,
+                 standardize: bool = False) -> None:
         ops = augment_ops(preset, size)  # validates the preset name
         self.geometry = v2.Compose(ops) if ops else None
         self.erase = erase_op(preset)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.standardize = standardize
 
     def __call__(self, images: torch.Tensor, *, train: bool = True) -> torch.Tensor:
         if train and self.geometry is not None:
             images = torch.stack([self.geometry(img) for img in images])
-        x = (images.float() / 255.0 - self.mean.to(images.device)) / self.std.to(images.device)
+        rgb, extra = images[:, :3], images[:, 3:]
+        x = torch.stack([standardize_intensity(im) for im in rgb]) if self.standardize else rgb.float() / 255
+        x = (x - self.mean.to(images.device)) / self.std.to(images.device)
         if train and self.erase is not None:
             x = torch.stack([self.erase(img) for img in x])
-        return x
+        return torch.cat([x, extra.float() / 255.0], 1) if extra.shape[1] else x

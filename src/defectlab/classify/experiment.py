@@ -49,6 +49,7 @@ from tqdm import tqdm
 from defectlab import distributed
 from defectlab.classify.data import ImageSet, cache_images
 from defectlab.classify.models import ModelConfig, build_classifier
+from defectlab.classify.pooled import patch_layer
 from defectlab.classify.probe import ProbeFitter
 from defectlab.classify.report import (
     aggregate,
@@ -180,6 +181,8 @@ def resolve_attempts(cfg: ExperimentConfig) -> list[Attempt]:
         train = from_dict(TrainConfig, full["train"], where=f"attempt {spec.name}: train")
         check_config(train)
         build_classifier(model, num_classes=2, image_size=train.image_size)  # names, options, weights
+        if train.input == "pooled":
+            patch_layer(model.name)  # a backbone with patch layers
         attempts.append(Attempt(spec.name, _describe(spec), model, train))
     return attempts
 

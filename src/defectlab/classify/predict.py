@@ -1,10 +1,12 @@
 """Predict defect types of new images with a trained attempt of an experiment run.
 
 ``Predictor(checkpoint).predict(paths)`` classifies whole files (a region-guided attempt crops each file
-around its centre unless ``boxes`` are given); ``predict_regions(image, boxes)`` classifies regions of one
-image (an anomaly map's regions, a mask's components) with exactly the crops the attempt was trained on
-(``defectlab.classify.regions``). The attempt defaults to the one with the highest test balanced accuracy
-in ``RUN/comparison.json``; in k-fold mode the fold with the lowest best validation loss provides the checkpoint.
+around its centre unless ``boxes`` are given; a region-pooled one pools over the whole image);
+``predict_regions(image, boxes, masks)`` classifies regions of one image (an anomaly map's regions, a
+mask's components) with exactly the crops the attempt was trained on (``defectlab.classify.regions``) or,
+for a region-pooled attempt, its features averaged over each region's mask (``defectlab.classify.pooled``).
+The attempt defaults to the one with the highest test balanced accuracy in ``RUN/comparison.json``; in
+k-fold mode the fold with the lowest best validation loss provides the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -85,10 +88,11 @@ class Predictor:
 
     @property
     def region_guided(self) -> bool:
-        """True when the attempt classifies crops around a region (``train.input: region``)."""
+        """True when the attempt classifies a region rather than the whole image (``train.input``
+        ``region``: a crop around it, ``pooled``: features averaged over its mask)."""
         if not hasattr(self, "setup_"):
             self.load()
-        return self.train_cfg_.input == "region"
+        return self.train_cfg_.input in ("region", "pooled")
 
     def predict(self, paths: Sequence[str | Path | Image.Image],
                 boxes: Sequence[Box | None] | None = None) -> list[ClassPrediction]:
@@ -101,7 +105,7 @@ class Predictor:
         t = self.train_cfg_
         names = [(getattr(p, "filename", "") or f"<image {i}>") if isinstance(p, Image.Image) else str(p)
                  for i, p in enumerate(paths)]
-        if t.input == "region":
+        if t.input in ("region", "pooled"):
             out = []
             for i, (p, name) in enumerate(zip(paths, names, strict=True)):
                 pil = p.convert("RGB") if isinstance(p, Image.Image) else load_pil(p, "RGB")
@@ -113,11 +117,13 @@ class Predictor:
                               for p in paths])
         return self._predict(images, names, [None] * len(paths))
 
-    def predict_regions(self, image: torch.Tensor | Image.Image | str | Path,
-                        boxes: Sequence[Box | None]) -> list[ClassPrediction]:
+    def predict_regions(self, image: torch.Tensor | Image.Image | str | Path, boxes: Sequence[Box | None],
+                        masks: Sequence[np.ndarray | None] | None = None) -> list[ClassPrediction]:
         """Class probabilities of regions of one image (``(x, y, w, h)`` boxes in its pixels; None: its
-        centre), cut with the attempt's own crop settings. A whole-image attempt classifies the whole
-        image once per box (it was not trained on crops)."""
+        centre), cut with the attempt's own crop settings. A region-pooled attempt averages its features over
+        each region's ``masks`` entry ((H, W) bool in the image's pixels; None or no ``masks``: the filled
+        box; no box either: the whole image). A whole-image attempt classifies the whole image once per box
+        (it was not trained on crops)."""
         if not hasattr(self, "setup_"):
             self.load()
         t = self.train_cfg_
@@ -128,6 +134,18 @@ class Predictor:
             image = v2.functional.pil_to_tensor(image.convert("RGB"))
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
+        if masks is not None and len(masks) != len(boxes):
+            raise BadInputError(self.checkpoint, f"{len(masks)} masks for {len(boxes)} boxes")
+        if t.input == "pooled":
+            from defectlab.classify.pooled import box_mask, pooled_input
+
+            h, w = int(image.shape[-2]), int(image.shape[-1])
+            given = masks if masks is not None else [None] * len(boxes)
+            regions = [m if m is not None else box_mask(b, w, h) for b, m in zip(boxes, given, strict=True)]
+            if not regions:
+                return []
+            x = torch.stack([pooled_input(image, m, t.image_size, t.resize) for m in regions])
+            return self._predict(x, [name] * len(regions), [None] * len(regions))
         if t.input != "region":
             whole = v2.Compose(resize_ops(t.image_size, t.resize))(image)
             return self._predict(whole[None].expand(len(boxes), -1, -1, -1), [name] * len(boxes), [None] * len(boxes))

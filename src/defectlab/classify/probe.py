@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from defectlab import distributed
 from defectlab.classify.data import ImageSet
 from defectlab.classify.models import ModelConfig
+from defectlab.classify.pooled import Standardize
 from defectlab.classify.train import (
     Setup,
     TrainConfig,
@@ -112,7 +113,9 @@ class ProbeFitter:
         if cfg.probe == "prototype":
             linear.weight.data.copy_(PROTOTYPE_SCALE * class_means(feats, labels, len(self.classes)))
         else:
-            w, b = fit_linear(feats, labels, len(self.classes), l2=cfg.weight_decay or 1e-3)
+            scaler = setup.classifier.head[0]
+            x = scaler.fit(feats)(feats) if isinstance(scaler, Standardize) else feats  # pooled: standardised
+            w, b = fit_linear(x, labels, len(self.classes), l2=cfg.weight_decay or 1e-3)
             linear.weight.data.copy_(w)
             linear.bias.data.copy_(b)
         train_s = time.perf_counter() - t0

@@ -85,7 +85,8 @@ class TrainConfig:
     loss_params: dict[str, Any] = field(default_factory=dict)
     sampler: str = "instance"  # a defectlab.imbalance SAMPLERS name
     sampler_params: dict[str, Any] = field(default_factory=dict)
-    input: str = "whole"  # whole | region: a crop around the defect (mask; see defectlab.classify.regions)
+    input: str = "whole"  # whole | region: a crop around the defect (defectlab.classify.regions) | pooled:
+    #                       features averaged over the defect mask (defectlab.classify.pooled; probes only)
     region_margin: float = 0.25  # region crops: margin around the region box, per side, x its longer side
     region_min_side: int = 48  # region crops: smallest crop side in image pixels
     probe: str = "none"  # none | linear | prototype: fit only a head on frozen, cached features (no epochs)
@@ -109,7 +110,7 @@ SCHEDULERS.register("cosine")(lambda e, n, c: 0.5 * (1.0 + math.cos(math.pi * e 
 SCHEDULERS.register("step")(lambda e, n, c: c.gamma ** (e // max(1, c.step_size)))
 
 
-INPUTS = ("whole", "region")
+INPUTS = ("whole", "region", "pooled")
 PROBES = ("none", "linear", "prototype")
 TTAS = ("none", "flips")
 
@@ -132,6 +133,9 @@ def check_config(cfg: TrainConfig) -> None:
     for name, allowed in (("input", INPUTS), ("probe", PROBES), ("tta", TTAS)):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"train.{name} must be one of {', '.join(allowed)}, got '{getattr(cfg, name)}'")
+    if cfg.input == "pooled" and cfg.probe == "none":
+        raise ConfigError("train.input: pooled takes a probe on frozen features: set train.probe to linear "
+                          "or prototype")
     if cfg.region_margin < 0 or cfg.region_min_side < 1:
         raise ConfigError("train: need region_margin >= 0 and region_min_side >= 1")
     if cfg.monitor not in ("val_loss", "val_acc"):
@@ -192,11 +196,18 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, classes: list[str], cl
     seed_everything(cfg.seed)
     classifier = build_classifier(model_cfg, num_classes=len(classes), image_size=cfg.image_size)
     method = build_method(cfg)
+    pooled = cfg.input == "pooled"
+    if pooled:
+        from defectlab.classify.pooled import Standardize, make_pooled
+
+        make_pooled(classifier, model_cfg.name, cfg.image_size)
     if cfg.probe == "prototype":  # cosine similarity to class means: L2-normalised features, a bias-free linear
         classifier.head = nn.Sequential(L2Normalize(), nn.Linear(classifier.num_features, len(classes), bias=False))
+    elif pooled:  # the linear probe on standardised features (training mean/std, saved with the head)
+        classifier.head = nn.Sequential(Standardize(classifier.num_features), classifier.head[-1])
     model = method.wrap_model(classifier, len(classes), class_counts)
-    return Setup(model, classifier, method, BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std),
-                 cfg.tta)
+    augment = BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std, standardize=pooled)
+    return Setup(model, classifier, method, augment, cfg.tta)
 
 
 class L2Normalize(nn.Module):

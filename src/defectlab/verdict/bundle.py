@@ -14,6 +14,8 @@ other defect types than the head) are refused with one line, at build and at loa
 ``defectlab inspect`` and ``defectlab serve`` load a bundle folder where they take an anomaly run
 (``inspect.engine.load_engine``); ``predict_images`` returns ``Prediction``s whose ``extra`` carries the
 verdict. The ONNX engine serves a bundle without a few-shot head (the head needs the detector's features).
+A region-guided classifier (``train.input: region`` or ``pooled``) classifies each region the rule finds
+(its crop, or its features averaged over the region's mask); a whole-image classifier classifies the image.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from defectlab.errors import BadInputError, ConfigError
 from defectlab.inspect.engine import BUNDLE_FILE
 from defectlab.verdict.fewshot import Refiner, embed
 from defectlab.verdict.refine_run import REFINE_META, load_refiner
-from defectlab.verdict.rule import DEFECT, Verdict, VerdictRule, decide
+from defectlab.verdict.rule import DEFECT, RegionProbs, Verdict, VerdictRule, decide
 
 FORMAT = "defectlab-inspection-bundle/1"
 GOOD_NAMES = ("good", "ok")
@@ -247,7 +249,8 @@ class Bundle:
         for start in range(0, len(images), batch_size):
             names, pils, tensors = det.prepare(images[start : start + batch_size], start)
             cls_probs: list[dict[str, float] | None] = [None] * len(pils)
-            if self.classifier is not None:
+            guided = self.classifier is not None and self.classifier.region_guided
+            if self.classifier is not None and not guided:
                 cls_probs = [p.probabilities for p in self.classifier.predict(pils)]
             for run in same_size_runs([tuple(t.shape) for t in tensors], batch_size):
                 if head is not None:
@@ -280,11 +283,27 @@ class Bundle:
                         type_maps=tmaps,
                         classes=self.classes,
                         classifier_probs=cls_probs[k],
+                        region_probs=self._region_probs(pils[k]) if guided else None,
                         rule=self.rule,
                     )
                     out.append((start + k, names[k], pils[k], v, rmap if rmap is not None else amap))
         out.sort(key=lambda r: r[0])
         return [r[1:] for r in out]
+
+    def _region_probs(self, image: Image.Image) -> RegionProbs:
+        """``(box, mask) -> {type: p}`` of the region-guided classifier on one image (``decide``)."""
+        from torchvision.transforms import v2
+
+        pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
+
+        def probs(box: tuple[int, int, int, int], mask: np.ndarray) -> dict[str, float]:
+            x0, y0, x1, y1 = box
+            full = np.zeros((image.height, image.width), dtype=bool)
+            full[y0:y1, x0:x1] = mask
+            pred = self.classifier.predict_regions(pixels, [(x0, y0, x1 - x0, y1 - y0)], [full])[0]
+            return pred.probabilities
+
+        return probs
 
     def predict_images(
         self, images: Sequence[Image.Image | str | Path], *, batch_size: int = 8

@@ -11,8 +11,10 @@ Stated once (``VerdictRule``, defaults in brackets):
    verdict from the detector gate alone with no region above the refined threshold gets the region of the
    detector map above the detector's pixel threshold.
 3. **Type.** Per region, the type probabilities of the head (averaged over the region, weighted by the
-   refined map) and/or the classifier's image-level probabilities (defect types only, renormalised),
-   averaged when both exist; the part's type is the largest region's. ``unknown`` when the best type's
+   refined map) and/or the classifier's probabilities (defect types only, renormalised), averaged when
+   both exist: a region-guided classifier (``region_probs``) classifies each region (its box and mask),
+   a whole-image classifier gives the same image-level probabilities to every region. The part's type is
+   the largest region's. ``unknown`` when the best type's
    probability is below ``min_type_probability`` [0.5] (uncertain between types, or unlike all of them:
    the head's type probabilities mix its softmax with the similarity to each type's labelled examples,
    which spreads out on a defect unlike any labelled type), or when there is no type source at all.
@@ -20,6 +22,7 @@ Stated once (``VerdictRule``, defaults in brackets):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,6 +105,18 @@ def _regions(amap: np.ndarray, threshold: float, limit: int) -> list[tuple[tuple
     return out
 
 
+def _type_probs(probs: dict[str, float] | None, classes: list[str]) -> dict[str, float] | None:
+    """A classifier's probabilities over the defect types only (``classes``; all when empty), renormalised."""
+    if not probs:
+        return None
+    sub = {c: float(probs.get(c, 0.0)) for c in classes} if classes else dict(probs)
+    total = sum(sub.values())
+    return {c: p / total for c, p in sub.items()} if total > 0 else None
+
+
+RegionProbs = Callable[[tuple[int, int, int, int], np.ndarray], dict[str, float]]
+
+
 def decide(
     *,
     anomaly_score: float,
@@ -113,9 +128,14 @@ def decide(
     type_maps: np.ndarray | None = None,
     classes: list[str] | None = None,
     classifier_probs: dict[str, float] | None = None,
+    region_probs: RegionProbs | None = None,
     rule: VerdictRule = VerdictRule(),
 ) -> Verdict:
-    """Apply the rule to one image's raw outputs (maps at the image's own size; ``type_maps`` (T, H, W))."""
+    """Apply the rule to one image's raw outputs (maps at the image's own size; ``type_maps`` (T, H, W)).
+
+    ``region_probs(box, mask) -> {type: p}``: a region-guided classifier, called per region with its
+    ``(x0, y0, x1, y1)`` box and its mask inside the box (and, when a gate fired without any region, with
+    the whole image); it takes the place of the image-level ``classifier_probs``."""
     classes = list(classes or [])
     gate_a = anomaly_score > anomaly_threshold
     refined_score = float(refined_map.max()) if refined_map is not None else None
@@ -134,14 +154,13 @@ def decide(
     if not found:  # the detector gate alone: its own regions
         found = _regions(anomaly_map, pixel_threshold, rule.max_regions)
         source = anomaly_map
-    cls_probs = None
-    if classifier_probs:
-        sub = {c: float(classifier_probs.get(c, 0.0)) for c in classes} if classes else dict(classifier_probs)
-        total = sum(sub.values())
-        cls_probs = {c: p / total for c, p in sub.items()} if total > 0 else None
+    cls_probs = _type_probs(classifier_probs, classes)
     regions = []
     for sl, mask in found:
         vals = source[sl][mask]  # type: ignore[index]
+        box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        if region_probs is not None:
+            cls_probs = _type_probs(region_probs(box, mask), classes)
         probs: dict[str, float] = {}
         if type_maps is not None:
             w = vals - vals.min() + 1e-6  # weighted towards the region's peak
@@ -152,8 +171,10 @@ def decide(
             probs = {c: (probs[c] + cls_probs[c]) / 2 for c in probs} if probs else dict(cls_probs)
         best = max(probs, key=probs.__getitem__) if probs else UNKNOWN
         rtype = best if probs and probs[best] >= rule.min_type_probability else UNKNOWN
-        box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
         regions.append(Region(box, float(vals.max()), int(mask.sum()), rtype, _top(probs, rule.top), mask))
+    if not regions and region_probs is not None:  # a gate fired but no pixel passed: the whole image
+        h, w = anomaly_map.shape[-2:]
+        cls_probs = _type_probs(region_probs((0, 0, w, h), np.ones((h, w), dtype=bool)), classes)
     if regions:
         part_type, part_probs = regions[0].type, regions[0].probabilities
     elif cls_probs is not None:  # a gate fired but no pixel passed: the classifier's word

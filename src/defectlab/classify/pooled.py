@@ -1,0 +1,134 @@
+"""Region-pooled features: a frozen backbone's stride-16 patch features averaged over the defect's mask.
+
+``train.input: pooled`` looks at the whole image (resized with ``train.image_size`` / ``train.resize``, as a
+whole-image attempt) but describes it by the mean of one patch layer *inside the defect region* instead of
+over the whole image: a small defect keeps its own features rather than being averaged away by the
+background, and the backbone still sees the defect in its context. The layer is the backbone's stride-16
+patch layer, the last of ``defectlab.backbones`` ``BackboneInfo.patch_layers`` (EfficientNet-Lite0
+``_blocks.10``, MobileNetV2 ``features.13``, ResNets ``layer3``); the region's mask is area-resized to the
+layer's grid and used as weights. An image without a region (a good image, an empty mask) gets the plain
+average over the whole grid. The features are frozen, so this input takes a probe head only
+(``train.probe: linear | prototype``).
+
+Every image of a pooled attempt is first standardised per image (intensity mean 0.45, spread 0.2 over all
+pixels, ``defectlab.data.transforms.standardize_intensity``), then normalised as the backbone's weights
+expect: the features then describe the defect's pattern, not the lighting of one shot.
+
+The mask travels with the image as a fourth channel of the cached uint8 tensor (0-255 = weight 0-1), so
+every geometric operation (resize, flips for training features and for test-time augmentation) moves the
+mask with the image, and training, evaluation and prediction share one code path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+from defectlab.backbones import BACKBONES, FeatureExtractor, build_backbone
+from defectlab.data.regions import Box
+from defectlab.data.transforms import resize_ops
+from defectlab.errors import ConfigError
+
+EMPTY = 1e-3  # a mask whose weights sum to less than this on the feature grid counts as "no region"
+
+
+def patch_layer(model_name: str) -> str:
+    """The stride-16 patch layer of a backbone (``BackboneInfo.patch_layers[-1]``); ConfigError when the
+    model is not a registered backbone (it has no patch layers to pool)."""
+    if model_name not in BACKBONES:
+        raise ConfigError(f"train.input: pooled needs a backbone with patch layers; model '{model_name}' is "
+                          f"not one (known: {', '.join(sorted(BACKBONES))})")
+    return build_backbone(model_name, weights=None).info.patch_layers[-1]
+
+
+def masked_mean(fmap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) features, (B, 1, H, W) weights in [0, 1] -> (B, C): the weighted mean of each map over its
+    mask area-resized to (h, w); the plain mean where a mask is (nearly) empty."""
+    w = F.interpolate(mask.float(), fmap.shape[-2:], mode="area")
+    empty = w.sum((2, 3), keepdim=True) < EMPTY
+    w = torch.where(empty, torch.ones_like(w), w)
+    return (fmap * w).sum((2, 3)) / w.sum((2, 3))
+
+
+class PooledBody(nn.Module):
+    """(B, 4, H, W) normalised image + mask channel -> (B, C) features of ``layer`` averaged over the mask.
+
+    ``body`` is the classifier's own body (its state dict keys stay those of the pretrained network); the
+    forward pass stops at ``layer`` (``defectlab.backbones.FeatureExtractor``)."""
+
+    def __init__(self, body: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.body = body
+        names = dict(body.named_modules())
+        inner = next((p + layer for p in ("", "net.") if p + layer in names), layer)  # efficientnet: body.net
+        self.layer = inner
+        self._extract = [FeatureExtractor(body, [inner])]  # a list: not a submodule (no duplicate state keys)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self._extract[0](x[:, :3])[self.layer]
+        return masked_mean(fmap.float(), x[:, 3:4])
+
+
+def make_pooled(classifier: nn.Module, model_name: str, image_size: int) -> None:
+    """Turn a built classifier into a region-pooled one in place: its body becomes a :class:`PooledBody` and
+    its head a fresh linear layer on the patch layer's channels."""
+    body = PooledBody(classifier.body, patch_layer(model_name))
+    was = body.training
+    with torch.no_grad():
+        side = min(image_size, 64)
+        channels = body.eval()(torch.zeros(1, 4, side, side)).shape[1]
+    body.train(was)
+    classifier.body = body
+    classifier.num_features = int(channels)
+    dropout = classifier.head[0].p
+    classifier.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, classifier.num_classes))
+
+
+def pooled_input(image: torch.Tensor, mask: np.ndarray | torch.Tensor | None, size: int,
+                 resize: str = "squash") -> torch.Tensor:
+    """(3, H, W) uint8 image and its (H, W) bool/[0, 1] region mask (None: no region) -> (4, size, size)
+    uint8: the resized image and, as the fourth channel, the mask resized the same way (0-255)."""
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    m = torch.zeros((1, h, w), dtype=torch.uint8)
+    if mask is not None:
+        mt = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        if tuple(mt.shape) != (h, w):
+            raise ValueError(f"region mask is {tuple(mt.shape)}, its image {(h, w)}")
+        m[0] = (mt.clamp(0, 1) * 255).round().to(torch.uint8)
+    return v2.Compose(resize_ops(size, resize))(torch.cat([image, m]))
+
+
+def box_mask(box: Box | None, width: int, height: int) -> np.ndarray | None:
+    """The filled ``(x, y, w, h)`` box as an (H, W) bool mask (None for None)."""
+    if box is None:
+        return None
+    x, y, bw, bh = (int(round(v)) for v in box)
+    out = np.zeros((height, width), dtype=bool)
+    out[max(0, y):max(0, y + max(1, bh)), max(0, x):max(0, x + max(1, bw))] = True
+    return out
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the training features' statistics as buffers (saved in the checkpoint)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, feats: torch.Tensor) -> Standardize:
+        self.mean.copy_(feats.mean(0))
+        self.std.copy_(feats.std(0).clamp(min=1e-6))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+__all__ = ["PooledBody", "Standardize", "box_mask", "make_pooled", "masked_mean", "patch_layer",
+           "pooled_input"]

@@ -1,0 +1,161 @@
+"""Region-pooled classification (``train.input: pooled``): features averaged over the defect mask, a probe
+on them, the checkpoint through ``Predictor``, and ``decide`` classifying each region with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torchvision.transforms import v2
+
+from defectlab.classify.data import cache_images
+from defectlab.classify.experiment import load_experiment, resolve_attempts, run_experiment
+from defectlab.classify.models import ModelConfig, build_classifier
+from defectlab.classify.pooled import make_pooled, patch_layer, pooled_input
+from defectlab.classify.predict import Predictor
+from defectlab.classify.probe import ProbeFitter
+from defectlab.classify.train import TrainConfig, build_setup, check_config, predict_logits
+from defectlab.data.index import open_dataset
+from defectlab.data.io import load_mask, load_pil
+from defectlab.data.regions import mask_box
+from defectlab.data.synthetic import SynthConfig, make_synthetic
+from defectlab.errors import ConfigError
+from defectlab.verdict.rule import decide
+
+
+def test_pooled_features_are_the_layer_mean_inside_the_mask() -> None:
+    torch.manual_seed(0)
+    clf = build_classifier(ModelConfig("mobilenet_v2", weights="imagenet"), num_classes=2, image_size=64)
+    assert patch_layer("mobilenet_v2") == "features.13"  # stride 16, 96 channels
+    seen = {}
+    layer = dict(clf.body.named_modules())["features.13"]
+    hook = layer.register_forward_hook(lambda m, i, o: seen.update(f=o))
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        clf.body.eval()(image)
+    hook.remove()
+    fmap = seen["f"]
+    assert fmap.shape[1:] == (96, 4, 4)
+    make_pooled(clf, "mobilenet_v2", 64)
+    assert clf.num_features == 96 and clf.head[-1].in_features == 96
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 16:48, 0:32] = 1.0  # feature cells rows 1-2, columns 0-1; image 1: no region
+    with torch.no_grad():
+        pooled = clf.eval().forward_features(torch.cat([image, mask], 1))
+    torch.testing.assert_close(pooled[0], fmap[0, :, 1:3, 0:2].mean((1, 2)))
+    torch.testing.assert_close(pooled[1], fmap[1].mean((1, 2)))  # empty mask: the plain average
+    # a soft mask weighs the cells: half weight on one cell, full on another
+    soft = torch.zeros(1, 1, 64, 64)
+    soft[0, :, 0:16, 0:16], soft[0, :, 48:64, 48:64] = 0.5, 1.0
+    with torch.no_grad():
+        got = clf.forward_features(torch.cat([image[:1], soft], 1))[0]
+    torch.testing.assert_close(got, (0.5 * fmap[0, :, 0, 0] + fmap[0, :, 3, 3]) / 1.5)
+
+
+def test_pooled_input_moves_the_mask_with_the_image() -> None:
+    image = torch.zeros(3, 60, 120, dtype=torch.uint8)
+    image[:, 30:60, 60:120] = 200
+    x = pooled_input(image, np.asarray(image[0] > 0), 32, "squash")
+    assert x.shape == (4, 32, 32) and x.dtype == torch.uint8
+    assert torch.equal(x[3] > 127, x[0] > 100)  # the mask channel covers the bright quarter, resized alike
+    assert pooled_input(image, None, 32)[3].max() == 0
+
+
+def test_pooled_without_a_probe_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="probe") as err:
+        check_config(TrainConfig(input="pooled"))
+    assert "\n" not in str(err.value)
+    check_config(TrainConfig(input="pooled", probe="prototype"))
+    exp = tmp_path / "exp.yaml"
+    attempt = {"name": "a", "train": {"input": "pooled", "probe": "linear"}}
+    exp.write_text(yaml.safe_dump({"data": {"dataset": str(tmp_path)},
+                                   "base": {"model": {"name": "simple_cnn"}}, "attempts": [attempt]}))
+    with pytest.raises(ConfigError, match="simple_cnn.*patch layers|patch layers.*simple_cnn") as err:
+        resolve_attempts(load_experiment(exp))
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def two_types(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """96 px objects with small holes or scratches, 12 images each (masks)."""
+    return make_synthetic(tmp_path_factory.mktemp("pooled"), SynthConfig(
+        kind="object", size=96, n_train=2, n_test_good=2, n_per_defect=12, defects=("hole", "scratch"),
+        seed=3))
+
+
+def test_pooled_probes_separate_two_types(two_types: Path, tmp_path: Path, one_torch_thread) -> None:
+    cfg = {"name": "pooled", "data": {"dataset": str(two_types), "classes": ["hole", "scratch"],
+                                      "split": {"folds": 3, "test": 0.0, "use_train_good": False, "seed": 0,
+                                                "classes": ["hole", "scratch"]}},
+           "base": {"model": {"name": "mobilenet_v2", "weights": "imagenet"},
+                    "train": {"image_size": 96, "input": "pooled", "tta": "flips"}},
+           "attempts": [{"name": "linear", "train": {"probe": "linear"}},
+                        {"name": "prototype", "train": {"probe": "prototype"}}]}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    rows = run_experiment(load_experiment(tmp_path / "exp.yaml"), tmp_path / "run", progress=False)
+    for row in rows:
+        assert row["epochs_run"] == 1 and not row["collapsed"]
+        assert row["balanced_acc"] >= 0.85, (row["attempt"], row["balanced_acc"])
+
+
+def test_saved_pooled_probe_predicts_the_same_through_predictor(two_types: Path, tmp_path: Path,
+                                                                one_torch_thread) -> None:
+    index = open_dataset(two_types)
+    recs = sorted((r for r in index.records if r.defect_type in ("hole", "scratch")),
+                  key=lambda r: str(r.path))
+    c2i = {"hole": 0, "scratch": 1}
+    train_cfg = TrainConfig(image_size=96, input="pooled", probe="linear", tta="flips")
+    train = cache_images(recs[::2], c2i, size=96, input="pooled")
+    test = cache_images(recs[1::2], c2i, size=96, input="pooled")
+    fitted = ProbeFitter(ModelConfig("mobilenet_v2", weights="imagenet"), train_cfg, ["hole", "scratch"],
+                         tmp_path / "a", progress=False).fit(train, test)
+    want = predict_logits(fitted.setup_, test.images, batch_size=16, device=torch.device("cpu")).softmax(1)
+    pred = Predictor(tmp_path / "a" / "best.pt", device="cpu")
+    assert pred.region_guided
+    for i, rec in enumerate(recs[1::2]):
+        mask = load_mask(rec.mask_path)
+        got = pred.predict_regions(rec.path, [mask_box(mask)], [mask])[0]
+        expect = dict(zip(["hole", "scratch"], want[i].tolist(), strict=True))
+        assert got.probabilities == pytest.approx(expect, abs=1e-5)
+    # without a mask the box is the region; without a box the whole image (the plain average)
+    rec = recs[1]
+    mask = load_mask(rec.mask_path)
+    box_only = pred.predict([rec.path], boxes=[mask_box(mask)])[0].probabilities
+    by_mask = pred.predict_regions(rec.path, [mask_box(mask)], [None])[0].probabilities
+    assert box_only == pytest.approx(by_mask)
+    whole = pred.predict([rec.path])[0].probabilities
+    setup = build_setup(ModelConfig("mobilenet_v2", weights="checkpoint"), train_cfg, ["hole", "scratch"],
+                        [1, 1])
+    setup.model.load_state_dict(torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"])
+    plain = pooled_input(v2.functional.pil_to_tensor(load_pil(rec.path, "RGB")), None, 96)[None]
+    expect = predict_logits(setup, plain, batch_size=1, device=torch.device("cpu")).softmax(1)[0].tolist()
+    assert list(whole.values()) == pytest.approx(expect, abs=1e-5)
+
+
+def test_decide_classifies_each_region_with_a_region_guided_classifier() -> None:
+    amap = np.zeros((40, 60), np.float32)
+    amap[2:12, 2:22] = 1.0   # the larger region (200 px): left
+    amap[30:36, 50:56] = 1.0  # the smaller one (36 px): bottom right
+    calls = []
+
+    def region_probs(box: tuple, mask: np.ndarray) -> dict[str, float]:
+        calls.append((box, mask.copy()))
+        left = box[0] < 30
+        return {"good": 0.2, "hole": 0.7 if left else 0.1, "scratch": 0.1 if left else 0.7}
+
+    common = dict(anomaly_score=1.0, anomaly_threshold=0.5, anomaly_map=amap, pixel_threshold=0.5,
+                  classes=["hole", "scratch"])
+    v = decide(**common, region_probs=region_probs)
+    assert [r.type for r in v.regions] == ["hole", "scratch"] and v.type == "hole"
+    assert [c[0] for c in calls] == [(2, 2, 22, 12), (50, 30, 56, 36)] and calls[0][1].all()
+    assert v.regions[1].probabilities["scratch"] == pytest.approx(0.7 / 0.8)  # good left out, renormalised
+    # a whole-image classifier: the same image-level probabilities for every region
+    v = decide(**common, classifier_probs={"hole": 0.1, "scratch": 0.9})
+    assert [r.type for r in v.regions] == ["scratch", "scratch"]
+    # a gate without any region: the region-guided classifier sees the whole image
+    calls.clear()
+    v = decide(**{**common, "pixel_threshold": 2.0}, region_probs=region_probs)
+    assert not v.regions and calls[0][0] == (0, 0, 60, 40) and calls[0][1].all() and v.type == "hole"

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from defectlab.data.index import SampleRecord
 from defectlab.data.io import load_mask, load_pil
-from defectlab.data.transforms import augment_ops, erase_op, resize_ops, standardize_intensity
+from defectlab.data.transforms import augment_ops, erase_op, resize_ops
 
 
 @dataclass
@@ -71,26 +71,22 @@ def cache_images(records: Sequence[SampleRecord], class_to_idx: dict[str, int], 
 class BatchAugment:
     """``(B, 3, H, W) uint8 -> (B, 3, H, W) float normalised``, random per sample for ``basic``/``strong``.
 
-    Randomness comes from torch's global generator, which the trainer seeds per epoch. ``standardize``:
-    each image's intensities are standardised first (``standardize_intensity``). Channels after the third
-    (a region mask) are only scaled to [0, 1].
+    Randomness comes from torch's global generator, which the trainer seeds per epoch. Channels after the
+    third (a region mask) are only scaled to [0, 1].
     """
 
-    def __init__(self, preset: str, size: int, mean: Sequence[float], std: Sequence[float], *,
-                 standardize: bool = False) -> None:
+    def __init__(self, preset: str, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         ops = augment_ops(preset, size)  # validates the preset name
         self.geometry = v2.Compose(ops) if ops else None
         self.erase = erase_op(preset)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
-        self.standardize = standardize
 
     def __call__(self, images: torch.Tensor, *, train: bool = True) -> torch.Tensor:
         if train and self.geometry is not None:
             images = torch.stack([self.geometry(img) for img in images])
         rgb, extra = images[:, :3], images[:, 3:]
-        x = torch.stack([standardize_intensity(im) for im in rgb]) if self.standardize else rgb.float() / 255
-        x = (x - self.mean.to(images.device)) / self.std.to(images.device)
+        x = (rgb.float() / 255.0 - self.mean.to(images.device)) / self.std.to(images.device)
         if train and self.erase is not None:
             x = torch.stack([self.erase(img) for img in x])
         return torch.cat([x, extra.float() / 255.0], 1) if extra.shape[1] else x

@@ -10,9 +10,9 @@ layer's grid and used as weights. An image without a region (a good image, an em
 average over the whole grid. The features are frozen, so this input takes a probe head only
 (``train.probe: linear | prototype``).
 
-Every image of a pooled attempt is first standardised per image (intensity mean 0.45, spread 0.2 over all
-pixels, ``defectlab.data.transforms.standardize_intensity``), then normalised as the backbone's weights
-expect: the features then describe the defect's pattern, not the lighting of one shot.
+The linear probe standardises the pooled features with the training images' mean and standard deviation
+(kept in the checkpoint as the head's first layer, :class:`Standardize`): the channels of one layer differ
+widely in scale, and one L2 penalty on unscaled features regularises them unevenly.
 
 The mask travels with the image as a fourth channel of the cached uint8 tensor (0-255 = weight 0-1), so
 every geometric operation (resize, flips for training features and for test-time augmentation) moves the

@@ -206,8 +206,8 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, classes: list[str], cl
     elif pooled:  # the linear probe on standardised features (training mean/std, saved with the head)
         classifier.head = nn.Sequential(Standardize(classifier.num_features), classifier.head[-1])
     model = method.wrap_model(classifier, len(classes), class_counts)
-    augment = BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std, standardize=pooled)
-    return Setup(model, classifier, method, augment, cfg.tta)
+    return Setup(model, classifier, method, BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std),
+                 cfg.tta)
 
 
 class L2Normalize(nn.Module):

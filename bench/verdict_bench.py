@@ -9,7 +9,10 @@ test/good images:
   features (mean and max over the image), trained on the same labelled images + the good negatives;
 * (b) the anomaly gate alone: the detector's deployable threshold (2 classes: good / defect);
 * (c) the bundle: gate + few-shot head + decision rule (``defectlab.verdict.rule.decide``), thresholds
-  from good images only (the detector's held-out images).
+  from good images only (the detector's held-out images);
+* (d) the same bundle with a region-pooled classifier (``pooled_probe`` of ``examples/classify_grouped.yaml``,
+  fitted on the same labelled images) typing each region the rule finds, averaged with the head's types;
+  (e) that classifier alone types the regions. Same gate as (c): only the type can change.
 
 Reports the 6-class confusion, balanced accuracy, macro-F1, good false-alarm rate (and the 2-class
 numbers), plus CPU latency per image of the bundle vs the anomaly run alone (``predict_images`` on the
@@ -45,6 +48,8 @@ from defectlab.verdict.rule import VerdictRule, decide
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewshot_curve import DATA, ROOT, data_args, shared_setup  # noqa: E402
 
+VARIANTS = ("a_classifier", "b_gate", "c_bundle", "d_bundle_pooled", "e_bundle_pooled_only")
+
 
 def scores_of(y: list[str], p: list[str], labels: list[str]) -> dict:
     good = [pp for yy, pp in zip(y, p, strict=True) if yy == GOOD]
@@ -75,6 +80,39 @@ def classifier_alone(feats: Features, train: list[int], test: list[int]) -> list
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, class_weight="balanced"))
     clf.fit(x, y)
     return list(clf.predict(np.stack([pooled(feats, i) for i in test])))
+
+
+def pooled_classifier(feats: Features, train: list[int], classes: list[str], seed: int, out: Path):  # noqa: ANN201
+    """The region-pooled probe of ``examples/classify_grouped.yaml`` (``pooled_probe``) on the labelled
+    defect images (their masks), as a ``Predictor``."""
+    from defectlab.classify.data import cache_images
+    from defectlab.classify.models import ModelConfig
+    from defectlab.classify.predict import Predictor
+    from defectlab.classify.probe import ProbeFitter
+    from defectlab.classify.train import TrainConfig
+
+    recs = [feats.records[i] for i in train]
+    model = ModelConfig(name="efficientnet_lite0", weights="imagenet")
+    cfg = TrainConfig(image_size=256, input="pooled", probe="linear", weight_decay=0.03, tta="flips", seed=seed)
+    images = cache_images(recs, {c: j for j, c in enumerate(classes)}, size=256, input="pooled")
+    ProbeFitter(model, cfg, classes, out, progress=False).fit(images, images)
+    return Predictor(out / "best.pt", device="cpu").load()
+
+
+def region_probs(classifier, path: Path, hw: tuple[int, int]):  # noqa: ANN001, ANN201
+    """``decide``'s per-region callable for one image; the maps (and so the regions) are at the detector's
+    input size, so the image is resized to it (the pooled probe squashes it to 256 px anyway)."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB").resize((hw[1], hw[0]), Image.BILINEAR)
+
+    def probs(box: tuple[int, int, int, int], mask: np.ndarray) -> dict[str, float]:
+        x0, y0, x1, y1 = box
+        full = np.zeros(hw, dtype=bool)
+        full[y0:y1, x0:x1] = mask
+        return classifier.predict_regions(image, [(x0, y0, x1 - x0, y1 - y0)], [full])[0].probabilities
+
+    return probs
 
 
 def latency(det_run: Path, bundle: Path, images: list[Path], repeats: int) -> dict:
@@ -136,22 +174,32 @@ def main() -> int:
         head.set_threshold(
             [float(_refine(head, feats, i, thr.pixel)[0].max()) for i in parts["holdout"]], cfg
         )
-        pred_c, pred_b = [], []
+        classifier = pooled_classifier(feats, chosen, classes, seed, Path(tempfile.mkdtemp(prefix="verdict_cls_")))
+        pred_c, pred_b, pred_d, pred_e = [], [], [], []
         for i in test_idx:
             rmap, tmaps = _refine(head, feats, i, thr.pixel)
-            v = decide(
+            common = dict(
                 anomaly_score=feats.scores[i],
                 anomaly_threshold=thr.image,
                 anomaly_map=feats.maps[i].numpy(),
                 pixel_threshold=thr.pixel,
                 refined_map=rmap.numpy(),
                 refined_threshold=float(head.threshold_),
-                type_maps=tmaps.numpy(),
                 classes=classes,
                 rule=rule,
             )
+            v = decide(type_maps=tmaps.numpy(), **common)
             pred_c.append(GOOD if v.verdict == "ok" else v.type)
             pred_b.append("defect" if feats.scores[i] > thr.image else GOOD)
+            if v.verdict == "ok":  # the same gate: the classifier only changes the type
+                pred_d.append(GOOD)
+                pred_e.append(GOOD)
+                continue
+            per_region = region_probs(classifier, feats.records[i].path, tuple(rmap.shape))
+            vd = decide(type_maps=tmaps.numpy(), region_probs=per_region, **common)
+            ve = decide(region_probs=per_region, **common)
+            pred_d.append(vd.type)
+            pred_e.append(ve.type)
         pred_a = classifier_alone(feats, train, test_idx)
         row = {
             "seed": seed,
@@ -161,6 +209,8 @@ def main() -> int:
             "a_classifier": scores_of(truth, pred_a, labels),
             "b_gate": scores_of(truth, pred_b, labels),
             "c_bundle": scores_of(truth, pred_c, labels),
+            "d_bundle_pooled": scores_of(truth, pred_d, labels),
+            "e_bundle_pooled_only": scores_of(truth, pred_e, labels),
         }
         per_seed.append(row)
         write_json(args.out, {"summary": _summary(per_seed), "per_seed": per_seed, "args": vars(args),
@@ -169,7 +219,7 @@ def main() -> int:
             seed,
             {
                 m: (row[m]["balanced_accuracy"], row[m]["good_false_alarm_rate"])
-                for m in ("a_classifier", "b_gate", "c_bundle")
+                for m in VARIANTS
             },
             flush=True,
         )
@@ -198,7 +248,7 @@ def main() -> int:
 def _summary(per_seed: list[dict]) -> dict:
     keys = ("balanced_accuracy", "macro_f1", "good_false_alarm_rate", "balanced_accuracy_2class")
     return {m: {k: round(float(np.mean([r[m][k] for r in per_seed])), 4) for k in keys}
-            for m in ("a_classifier", "b_gate", "c_bundle")}
+            for m in VARIANTS}
 
 
 def _refine(head: Refiner, feats: Features, i: int, thr: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,6 +135,27 @@ def test_saved_pooled_probe_predicts_the_same_through_predictor(two_types: Path,
     assert list(whole.values()) == pytest.approx(expect, abs=1e-5)
 
 
+def test_classify_predict_cli_takes_masks(two_types: Path, tmp_path: Path, capsys, one_torch_thread) -> None:
+    """``classify predict --masks DIR`` pools a region-pooled attempt over each image's ``<stem>_mask.png``."""
+    from defectlab.cli import main
+
+    recs = sorted((r for r in open_dataset(two_types).records if r.defect_type in ("hole", "scratch")),
+                  key=lambda r: str(r.path))
+    cfg = TrainConfig(image_size=96, input="pooled", probe="linear")
+    train = cache_images(recs, {"hole": 0, "scratch": 1}, size=96, input="pooled")
+    ProbeFitter(ModelConfig("mobilenet_v2", weights="imagenet"), cfg, ["hole", "scratch"], tmp_path / "a",
+                progress=False).fit(train, train)
+    ckpt, files = tmp_path / "a" / "best.pt", [str(r.path) for r in recs[:4]]
+    assert main(["classify", "predict", str(ckpt), *files, "--masks", str(two_types / "ground_truth")]) == 0
+    lines = [ln.split("\t") for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
+    pred = Predictor(ckpt, device="cpu")
+    for (path, label, prob), rec in zip(lines, recs[:4], strict=True):
+        mask = load_mask(rec.mask_path)
+        want = pred.predict_regions(rec.path, [mask_box(mask)], [mask])[0]
+        assert (path, label) == (str(rec.path), want.label) and float(prob) == pytest.approx(want.probability, abs=1e-3)
+    assert main(["classify", "predict", str(ckpt), files[0], "--masks", str(tmp_path / "nowhere")]) == 2
+
+
 def test_decide_classifies_each_region_with_a_region_guided_classifier() -> None:
     amap = np.zeros((40, 60), np.float32)
     amap[2:12, 2:22] = 1.0   # the larger region (200 px): left

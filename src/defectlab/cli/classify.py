@@ -40,10 +40,14 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     attempt: str = typer.Option(None, help="Attempt to use (default: highest test balanced accuracy)."),
     device: str = typer.Option("auto", help="auto (CUDA when present, else MPS, else CPU) | cpu | cuda[:N] | mps."),
+    masks: Path = typer.Option(None, help="Masks folder: each image's DIR/<its folder>/<stem>_mask.png (MVTec "
+                               "ground_truth layout) or DIR/<stem>_mask.png; a region-guided attempt (input "
+                               "region | pooled) classifies that region."),
 ) -> None:
     """Print the predicted class and its probability for each image."""
     from defectlab.classify.predict import Predictor, pick_checkpoint
-    from defectlab.data.io import is_image_file
+    from defectlab.classify.regions import mask_region
+    from defectlab.data.io import is_image_file, load_mask, read_info
     from defectlab.errors import BadInputError
 
     ckpt = run_dir if run_dir.is_file() else pick_checkpoint(run_dir, attempt)
@@ -58,7 +62,24 @@ def predict(
     if not paths:
         raise BadInputError(images[0], "no images found")
     typer.echo(f"# {ckpt}")
-    for r in Predictor(ckpt, device=device).predict(paths):
+    predictor = Predictor(ckpt, device=device).load()
+    if masks is None:
+        if predictor.region_guided:
+            typer.echo("# a region-guided attempt without --masks: each image is classified around its centre "
+                       "(pooled: over the whole image); give --masks or use it in a bundle", err=True)
+        results = predictor.predict(paths)
+    else:
+        if not masks.is_dir():
+            raise BadInputError(masks, "not a folder")
+        results = []
+        for p in paths:
+            name = f"{p.stem}_mask.png"
+            f = next((c for c in (masks / p.parent.name / name, masks / name) if c.is_file()), None)
+            info = read_info(p)
+            m = load_mask(f, (info.width, info.height)) if f is not None else None
+            box = mask_region(m) if m is not None else None
+            results.append(predictor.predict_regions(p, [box], [m if box is not None else None])[0])
+    for r in results:
         typer.echo(f"{r.path}\t{r.label}\t{r.probability:.3f}")
 
 

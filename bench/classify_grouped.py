@@ -87,7 +87,7 @@ def main() -> None:
         "data": "magnetic_tile (../shared/data), grouped 5-fold by physical tile (magnetic_tile_tiles.csv): "
                 "fold k tests, fold k+1 validates, three folds train",
         "classes": cfg.data.classes or "all (good + 5 defect types; good = the 237 test/good images)",
-        "machine": "2-core CPU shared with 4 other engineers' work (load average "
+        "machine": "2-core CPU shared with other work (load average "
                    f"{load0[0]:.0f} at start): timings are not comparable across runs",
         "threads": args.threads, "wall_seconds_last_run": time.time() - t0,
         "rows": list(old.values()),

@@ -162,17 +162,20 @@ def classify_grouped() -> Section | None:
     d = load("classify_grouped_grouped.json")
     if d is None:
         return None
+    series = load("classify_grouped_series.json")
     rows = [[r["attempt"], r["changed"], f"{r['balanced_acc']:.3f} ± {r['balanced_acc_std']:.3f}",
              f"{r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f}", "yes" if r["collapsed"] else "no"]
-            for r in sorted(d["rows"], key=lambda r: -r["balanced_acc"])]
+            for r in sorted(d["rows"] + (series["rows"] if series else []), key=lambda r: -r["balanced_acc"])]
     return Section(
         "Defect-type classification on a small real set: magnetic_tile, grouped 5-fold",
         d["command"], "bench/results/classify_grouped_grouped.json", d["machine"],
         table(["attempt", "what", "balanced accuracy", "macro-F1", "collapsed"], rows),
         f"{d['data']}; classes {', '.join(d['classes'])}. With every shot of a tile on one side, the task is much "
-        "harder than a split by image suggests. Region rows crop around the ground-truth mask at test time "
-        "too, and pooled rows average over it (perfect localisation; with the detector's own regions see the "
-        f"verdict benchmark's rows (d) and (e)).{_probe_l2()}")
+        "harder than a split by image suggests. The rows of the classic series (examples/classify_series.yaml: "
+        "baseline_cnn, augmented, pretrained_frozen, dropout_cosine) ran with `--part series` (12 epochs, "
+        "patience 5, bench/results/classify_grouped_series.json). Region rows crop around the ground-truth "
+        "mask at test time too, and pooled rows average over it (perfect localisation; with the detector's "
+        f"own regions see the verdict benchmark's rows (d) and (e)).{_probe_l2()}")
 
 
 def _probe_l2() -> str:

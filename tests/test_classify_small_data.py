@@ -107,6 +107,15 @@ def test_probe_and_region_attempts_run_and_predict_regions(defects: Path, tmp_pa
     same = pred.predict([image], boxes=[box])[0]
     assert same.label == by_region[0].label and same.probability == pytest.approx(by_region[0].probability)
     assert json.loads((tmp_path / "run" / "comparison.json").read_text())[0]["attempt"] == "proto_region"
+    # a linear probe standardises its features in the head; a checkpoint saved without that layer still loads
+    linear = tmp_path / "run" / "linear_whole" / "fold0" / "best.pt"
+    ckpt = torch.load(linear, weights_only=True)
+    scaler = {k: v for k, v in ckpt["model"].items() if k.endswith(("head.0.mean", "head.0.std"))}
+    assert len(scaler) == 2 and not torch.equal(scaler[min(scaler)], torch.zeros_like(scaler[min(scaler)]))
+    old = {k: v for k, v in ckpt["model"].items() if k not in scaler}
+    torch.save({**ckpt, "model": old}, tmp_path / "old.pt")
+    got = Predictor(tmp_path / "old.pt", device="cpu").predict([image])[0]
+    assert abs(sum(got.probabilities.values()) - 1) < 1e-5
 
 
 @pytest.mark.slow  # two pretrained networks trained end to end: about 90 s of CPU

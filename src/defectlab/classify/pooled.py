@@ -10,9 +10,7 @@ layer's grid and used as weights. An image without a region (a good image, an em
 average over the whole grid. The features are frozen, so this input takes a probe head only
 (``train.probe: linear | prototype``).
 
-The linear probe standardises the pooled features with the training images' mean and standard deviation
-(kept in the checkpoint as the head's first layer, :class:`Standardize`): the channels of one layer differ
-widely in scale, and one L2 penalty on unscaled features regularises them unevenly.
+The linear probe standardises the features (as every linear probe does, ``defectlab.classify.probe``).
 
 The mask travels with the image as a fourth channel of the cached uint8 tensor (0-255 = weight 0-1), so
 every geometric operation (resize, flips for training features and for test-time augmentation) moves the
@@ -113,22 +111,5 @@ def box_mask(box: Box | None, width: int, height: int) -> np.ndarray | None:
     return out
 
 
-class Standardize(nn.Module):
-    """``(x - mean) / std`` with the training features' statistics as buffers (saved in the checkpoint)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def fit(self, feats: torch.Tensor) -> Standardize:
-        self.mean.copy_(feats.mean(0))
-        self.std.copy_(feats.std(0).clamp(min=1e-6))
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-__all__ = ["PooledBody", "Standardize", "box_mask", "make_pooled", "masked_mean", "patch_layer",
+__all__ = ["PooledBody", "box_mask", "make_pooled", "masked_mean", "patch_layer",
            "pooled_input"]

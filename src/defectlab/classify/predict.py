@@ -81,7 +81,12 @@ class Predictor:
         self.train_cfg_ = from_dict(TrainConfig, cfg["train"])
         self.classes_ = list(cfg["classes"])
         self.setup_ = build_setup(model_cfg, self.train_cfg_, self.classes_, ckpt["class_counts"])
-        self.setup_.model.load_state_dict(ckpt["model"])
+        state = ckpt["model"]
+        if self.train_cfg_.probe == "linear":  # a linear probe saved before it standardised: identity scaler
+            for key, value in self.setup_.model.state_dict().items():
+                if key.endswith(("head.0.mean", "head.0.std")):
+                    state.setdefault(key, value)
+        self.setup_.model.load_state_dict(state)
         self.device_ = resolve_device(self.device, what="--device")
         self.setup_.model.to(self.device_)
         return self

@@ -196,18 +196,34 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, classes: list[str], cl
     seed_everything(cfg.seed)
     classifier = build_classifier(model_cfg, num_classes=len(classes), image_size=cfg.image_size)
     method = build_method(cfg)
-    pooled = cfg.input == "pooled"
-    if pooled:
-        from defectlab.classify.pooled import Standardize, make_pooled
+    if cfg.input == "pooled":
+        from defectlab.classify.pooled import make_pooled
 
         make_pooled(classifier, model_cfg.name, cfg.image_size)
     if cfg.probe == "prototype":  # cosine similarity to class means: L2-normalised features, a bias-free linear
         classifier.head = nn.Sequential(L2Normalize(), nn.Linear(classifier.num_features, len(classes), bias=False))
-    elif pooled:  # the linear probe on standardised features (training mean/std, saved with the head)
+    elif cfg.probe == "linear":  # on standardised features (training mean/std, saved with the head)
         classifier.head = nn.Sequential(Standardize(classifier.num_features), classifier.head[-1])
     model = method.wrap_model(classifier, len(classes), class_counts)
     return Setup(model, classifier, method, BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std),
                  cfg.tta)
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the training features' statistics as buffers (saved in the checkpoint)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, feats: torch.Tensor) -> Standardize:
+        self.mean.copy_(feats.mean(0))
+        self.std.copy_(feats.std(0).clamp(min=1e-6))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class L2Normalize(nn.Module):

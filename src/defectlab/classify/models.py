@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from defectlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -202,3 +203,28 @@ def resnet_scratch(*, num_classes: int, image_size: int, weights: str = "none", 
     body = nn.Sequential(OrderedDict(**mods, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
     stages = [("stem",)] + [(f"layer{i + 1}",) for i in range(4)]
     return Classifier(body, cin, num_classes, dropout=dropout, stages=stages)
+
+
+# heads of the frozen-feature probes (defectlab.classify.probe)
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the training features' statistics as buffers (saved in the checkpoint)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, feats: torch.Tensor) -> Standardize:
+        self.mean.copy_(feats.mean(0))
+        self.std.copy_(feats.std(0).clamp(min=1e-6))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class L2Normalize(nn.Module):
+    """Unit-length rows (the prototype probe's head input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1)

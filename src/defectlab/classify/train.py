@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from defectlab import distributed
 from defectlab.classify.data import BatchAugment, ImageSet
-from defectlab.classify.models import Classifier, ModelConfig, build_classifier
+from defectlab.classify.models import Classifier, L2Normalize, ModelConfig, Standardize, build_classifier
 from defectlab.config import atomic_path, atomic_write_text, to_dict
 from defectlab.devices import resolve_device
 from defectlab.errors import ConfigError
@@ -207,28 +207,6 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, classes: list[str], cl
     model = method.wrap_model(classifier, len(classes), class_counts)
     return Setup(model, classifier, method, BatchAugment(cfg.augment, cfg.image_size, classifier.mean, classifier.std),
                  cfg.tta)
-
-
-class Standardize(nn.Module):
-    """``(x - mean) / std`` with the training features' statistics as buffers (saved in the checkpoint)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def fit(self, feats: torch.Tensor) -> Standardize:
-        self.mean.copy_(feats.mean(0))
-        self.std.copy_(feats.std(0).clamp(min=1e-6))
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-class L2Normalize(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1)
 
 
 def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:

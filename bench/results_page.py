@@ -379,7 +379,7 @@ def verdict_bench() -> Section | None:
              "c_bundle": "(c) bundle", "d_bundle_pooled": "(d) bundle + region-pooled classifier",
              "e_bundle_pooled_only": "(e) bundle, types from the region-pooled classifier only"}
     rows = [[names[m], f3(v["balanced_accuracy"]), f3(v["macro_f1"]), pct(v["good_false_alarm_rate"]),
-             f3(v["balanced_accuracy_2class"])] for m, v in d["summary"].items()]
+             f3(v["balanced_accuracy_2class"]), _gated_types(d["per_seed"], m)] for m, v in d["summary"].items()]
     lat = d.get("latency")
     latency = (f"CPU latency per image, side by side: bundle {lat['bundle_ms_median']:.0f} ms, anomaly run "
                f"{lat['anomaly_run_ms_median']:.0f} ms (x{lat['ratio']:.2f}). ") if lat else ""
@@ -387,10 +387,27 @@ def verdict_bench() -> Section | None:
         "One verdict per part: magnetic_tile, 6 classes",
         f"python bench/verdict_bench.py --anomaly-run RUN --shots {d['args']['shots']}",
         "bench/results/verdict_magnetic_tile.json", d["machine"],
-        table(["", "balanced accuracy (6 classes)", "macro-F1", "good false alarms", "balanced accuracy (2)"],
-              rows),
+        table(["", "balanced accuracy (6 classes)", "macro-F1", "good false alarms", "balanced accuracy (2)",
+               "type right on the defects the gate passes (balanced)"], rows),
         f"Labelled tiles: {d['args']['shots']} per type; mean over the seeds run: "
         f"{[r['seed'] for r in d['per_seed']]}. {latency}See docs/verdict.md.")
+
+def _gated_types(per_seed: list[dict], variant: str) -> str:
+    """Mean over the seeds of the balanced type accuracy on the defective parts a variant calls defective
+    (from its confusion matrix: each defect type's row without the ``good`` column)."""
+    accs = []
+    for run in per_seed:
+        labels, conf = run[variant]["labels"], run[variant]["confusion"]
+        if "good" not in labels or "defect" in labels:  # the gate alone names no type
+            return "-"
+        g = labels.index("good")
+        rec = [row[i] / (sum(row) - row[g]) for i, (t, row) in enumerate(zip(labels, conf, strict=True))
+               if t not in ("good", "unknown", "defect") and sum(row) - row[g] > 0]
+        if not rec:
+            return "-"
+        accs.append(sum(rec) / len(rec))
+    return f3(sum(accs) / len(accs))
+
 
 def nn_search() -> Section | None:
     d = load("nn_search.json")

@@ -34,13 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from defectlab.anomaly.base import AnomalyOutput
 from defectlab.anomaly.detector import Detector
 from defectlab.config import write_json
 from defectlab.data.index import GOOD
 from defectlab.metrics.classification import balanced_accuracy, confusion_matrix, macro_f1
-from defectlab.verdict.bundle import Bundle, build_bundle
+from defectlab.verdict.bundle import Bundle, build_bundle, region_probs
 from defectlab.verdict.fewshot import RefineConfig, Refiner
 from defectlab.verdict.refine_run import Features, draw_shots, save_refiner, training_pairs
 from defectlab.verdict.rule import VerdictRule, decide
@@ -97,22 +98,6 @@ def pooled_classifier(feats: Features, train: list[int], classes: list[str], see
     images = cache_images(recs, {c: j for j, c in enumerate(classes)}, size=256, input="pooled")
     ProbeFitter(model, cfg, classes, out, progress=False).fit(images, images)
     return Predictor(out / "best.pt", device="cpu").load()
-
-
-def region_probs(classifier, path: Path, hw: tuple[int, int]):  # noqa: ANN001, ANN201
-    """``decide``'s per-region callable for one image; the maps (and so the regions) are at the detector's
-    input size, so the image is resized to it (the pooled probe squashes it to 256 px anyway)."""
-    from PIL import Image
-
-    image = Image.open(path).convert("RGB").resize((hw[1], hw[0]), Image.BILINEAR)
-
-    def probs(box: tuple[int, int, int, int], mask: np.ndarray) -> dict[str, float]:
-        x0, y0, x1, y1 = box
-        full = np.zeros(hw, dtype=bool)
-        full[y0:y1, x0:x1] = mask
-        return classifier.predict_regions(image, [(x0, y0, x1 - x0, y1 - y0)], [full])[0].probabilities
-
-    return probs
 
 
 def latency(det_run: Path, bundle: Path, images: list[Path], repeats: int) -> dict:
@@ -195,7 +180,9 @@ def main() -> int:
                 pred_d.append(GOOD)
                 pred_e.append(GOOD)
                 continue
-            per_region = region_probs(classifier, feats.records[i].path, tuple(rmap.shape))
+            # the maps (and so the regions) are at the detector's input size: the image is resized to it
+            image = Image.open(feats.records[i].path).convert("RGB").resize(rmap.shape[::-1], Image.BILINEAR)
+            per_region = region_probs(classifier, image)
             vd = decide(type_maps=tmaps.numpy(), region_probs=per_region, **common)
             ve = decide(region_probs=per_region, **common)
             pred_d.append(vd.type)

@@ -110,7 +110,7 @@ class Predictor:
         t = self.train_cfg_
         names = [(getattr(p, "filename", "") or f"<image {i}>") if isinstance(p, Image.Image) else str(p)
                  for i, p in enumerate(paths)]
-        if t.input in ("region", "pooled"):
+        if self.region_guided:
             out = []
             for i, (p, name) in enumerate(zip(paths, names, strict=True)):
                 pil = p.convert("RGB") if isinstance(p, Image.Image) else load_pil(p, "RGB")

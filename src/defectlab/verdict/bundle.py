@@ -164,6 +164,22 @@ def build_bundle(
     return out
 
 
+def region_probs(classifier: Any, image: Image.Image) -> RegionProbs:
+    """``decide``'s ``(box, mask) -> {type: p}`` for one image: a region-guided classifier (``Predictor``)
+    on the region's box and its mask, in the pixels of ``image`` (the maps' size)."""
+    from torchvision.transforms import v2
+
+    pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
+
+    def probs(box: tuple[int, int, int, int], mask: np.ndarray) -> dict[str, float]:
+        x0, y0, x1, y1 = box
+        full = np.zeros((image.height, image.width), dtype=bool)
+        full[y0:y1, x0:x1] = mask
+        return classifier.predict_regions(pixels, [(x0, y0, x1 - x0, y1 - y0)], [full])[0].probabilities
+
+    return probs
+
+
 class Bundle:
     extra_columns = ("type", "probabilities", "regions")  # what inspect's CSV adds for a bundle
 
@@ -283,27 +299,12 @@ class Bundle:
                         type_maps=tmaps,
                         classes=self.classes,
                         classifier_probs=cls_probs[k],
-                        region_probs=self._region_probs(pils[k]) if guided else None,
+                        region_probs=region_probs(self.classifier, pils[k]) if guided else None,
                         rule=self.rule,
                     )
                     out.append((start + k, names[k], pils[k], v, rmap if rmap is not None else amap))
         out.sort(key=lambda r: r[0])
         return [r[1:] for r in out]
-
-    def _region_probs(self, image: Image.Image) -> RegionProbs:
-        """``(box, mask) -> {type: p}`` of the region-guided classifier on one image (``decide``)."""
-        from torchvision.transforms import v2
-
-        pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
-
-        def probs(box: tuple[int, int, int, int], mask: np.ndarray) -> dict[str, float]:
-            x0, y0, x1, y1 = box
-            full = np.zeros((image.height, image.width), dtype=bool)
-            full[y0:y1, x0:x1] = mask
-            pred = self.classifier.predict_regions(pixels, [(x0, y0, x1 - x0, y1 - y0)], [full])[0]
-            return pred.probabilities
-
-        return probs
 
     def predict_images(
         self, images: Sequence[Image.Image | str | Path], *, batch_size: int = 8

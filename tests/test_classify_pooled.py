@@ -120,8 +120,18 @@ def test_saved_pooled_probe_predicts_the_same_through_predictor(two_types: Path,
         got = pred.predict_regions(rec.path, [mask_box(mask)], [mask])[0]
         expect = dict(zip(["hole", "scratch"], want[i].tolist(), strict=True))
         assert got.probabilities == pytest.approx(expect, abs=1e-5)
-    # without a mask the box is the region; without a box the whole image (the plain average)
+    # several regions of one image in one call (one backbone pass) = one call per region
     rec = recs[1]
+    mask = load_mask(rec.mask_path)
+    h, w = mask.shape
+    parts = [mask.copy(), np.zeros_like(mask), np.ones_like(mask)]
+    parts[1][: h // 2, : w // 2] = True
+    batch = pred.predict_regions(rec.path, [None] * 3, parts)
+    for one, part in zip(batch, parts, strict=True):
+        alone = pred.predict_regions(rec.path, [None], [part])[0]
+        assert one.probabilities == pytest.approx(alone.probabilities, abs=1e-5)
+    assert batch[0].probabilities != pytest.approx(batch[1].probabilities, abs=1e-3)
+    # without a mask the box is the region; without a box the whole image (the plain average)
     mask = load_mask(rec.mask_path)
     box_only = pred.predict([rec.path], boxes=[mask_box(mask)])[0].probabilities
     by_mask = pred.predict_regions(rec.path, [mask_box(mask)], [None])[0].probabilities
@@ -162,10 +172,10 @@ def test_decide_classifies_each_region_with_a_region_guided_classifier() -> None
     amap[30:36, 50:56] = 1.0  # the smaller one (36 px): bottom right
     calls = []
 
-    def region_probs(box: tuple, mask: np.ndarray) -> dict[str, float]:
-        calls.append((box, mask.copy()))
-        left = box[0] < 30
-        return {"good": 0.2, "hole": 0.7 if left else 0.1, "scratch": 0.1 if left else 0.7}
+    def region_probs(regions: list) -> list[dict[str, float]]:
+        calls.extend((box, mask.copy()) for box, mask in regions)
+        return [{"good": 0.2, "hole": 0.7 if box[0] < 30 else 0.1, "scratch": 0.1 if box[0] < 30 else 0.7}
+                for box, _ in regions]
 
     common = dict(anomaly_score=1.0, anomaly_threshold=0.5, anomaly_map=amap, pixel_threshold=0.5,
                   classes=["hole", "scratch"])

@@ -66,7 +66,15 @@ class PooledBody(nn.Module):
         self._extract = [FeatureExtractor(body, [inner])]  # a list: not a submodule (no duplicate state keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self._extract[0](x[:, :3])[self.layer]
+        """Consecutive rows with the same image (the regions of one image, ``Predictor.predict_regions``)
+        share one backbone pass."""
+        img = x[:, :3]
+        starts = [0] + [i for i in range(1, len(x)) if not torch.equal(img[i], img[i - 1])]
+        if len(starts) == len(x):
+            fmap = self._extract[0](img)[self.layer]
+        else:
+            counts = torch.tensor(np.diff(starts + [len(x)]), device=x.device)
+            fmap = self._extract[0](img[starts])[self.layer].repeat_interleave(counts, dim=0)
         return masked_mean(fmap.float(), x[:, 3:4])
 
 

@@ -165,17 +165,21 @@ def build_bundle(
 
 
 def region_probs(classifier: Any, image: Image.Image) -> RegionProbs:
-    """``decide``'s ``(box, mask) -> {type: p}`` for one image: a region-guided classifier (``Predictor``)
-    on the region's box and its mask, in the pixels of ``image`` (the maps' size)."""
+    """``decide``'s ``[(box, mask), ...] -> [{type: p}, ...]`` for one image: a region-guided classifier
+    (``Predictor.predict_regions``, one batch for all regions) on each region's box and mask, in the pixels
+    of ``image`` (the maps' size)."""
     from torchvision.transforms import v2
 
     pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
 
-    def probs(box: tuple[int, int, int, int], mask: np.ndarray) -> dict[str, float]:
-        x0, y0, x1, y1 = box
-        full = np.zeros((image.height, image.width), dtype=bool)
-        full[y0:y1, x0:x1] = mask
-        return classifier.predict_regions(pixels, [(x0, y0, x1 - x0, y1 - y0)], [full])[0].probabilities
+    def probs(regions: list[tuple[tuple[int, int, int, int], np.ndarray]]) -> list[dict[str, float]]:
+        boxes, masks = [], []
+        for (x0, y0, x1, y1), mask in regions:
+            full = np.zeros((image.height, image.width), dtype=bool)
+            full[y0:y1, x0:x1] = mask
+            boxes.append((x0, y0, x1 - x0, y1 - y0))
+            masks.append(full)
+        return [p.probabilities for p in classifier.predict_regions(pixels, boxes, masks)]
 
     return probs
 

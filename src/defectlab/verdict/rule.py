@@ -114,7 +114,8 @@ def _type_probs(probs: dict[str, float] | None, classes: list[str]) -> dict[str,
     return {c: p / total for c, p in sub.items()} if total > 0 else None
 
 
-RegionProbs = Callable[[tuple[int, int, int, int], np.ndarray], dict[str, float]]
+# regions of one image, as ((x0, y0, x1, y1) box, mask inside the box) pairs -> {type: p} per region
+RegionProbs = Callable[[list[tuple[tuple[int, int, int, int], np.ndarray]]], list[dict[str, float]]]
 
 
 def decide(
@@ -133,9 +134,9 @@ def decide(
 ) -> Verdict:
     """Apply the rule to one image's raw outputs (maps at the image's own size; ``type_maps`` (T, H, W)).
 
-    ``region_probs(box, mask) -> {type: p}``: a region-guided classifier, called per region with its
-    ``(x0, y0, x1, y1)`` box and its mask inside the box (and, when a gate fired without any region, with
-    the whole image); it takes the place of the image-level ``classifier_probs``."""
+    ``region_probs([(box, mask), ...]) -> [{type: p}, ...]``: a region-guided classifier, called once with
+    every region's ``(x0, y0, x1, y1)`` box and its mask inside the box (and, when a gate fired without any
+    region, with the whole image); it takes the place of the image-level ``classifier_probs``."""
     classes = list(classes or [])
     gate_a = anomaly_score > anomaly_threshold
     refined_score = float(refined_map.max()) if refined_map is not None else None
@@ -155,12 +156,13 @@ def decide(
         found = _regions(anomaly_map, pixel_threshold, rule.max_regions)
         source = anomaly_map
     cls_probs = _type_probs(classifier_probs, classes)
+    boxes = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop) for sl, _ in found]
+    per_region = region_probs(list(zip(boxes, [m for _, m in found], strict=True))) if region_probs and found else []
     regions = []
-    for sl, mask in found:
+    for i, ((sl, mask), box) in enumerate(zip(found, boxes, strict=True)):
         vals = source[sl][mask]  # type: ignore[index]
-        box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-        if region_probs is not None:
-            cls_probs = _type_probs(region_probs(box, mask), classes)
+        if per_region:
+            cls_probs = _type_probs(per_region[i], classes)
         probs: dict[str, float] = {}
         if type_maps is not None:
             w = vals - vals.min() + 1e-6  # weighted towards the region's peak
@@ -174,7 +176,7 @@ def decide(
         regions.append(Region(box, float(vals.max()), int(mask.sum()), rtype, _top(probs, rule.top), mask))
     if not regions and region_probs is not None:  # a gate fired but no pixel passed: the whole image
         h, w = anomaly_map.shape[-2:]
-        cls_probs = _type_probs(region_probs((0, 0, w, h), np.ones((h, w), dtype=bool)), classes)
+        cls_probs = _type_probs(region_probs([((0, 0, w, h), np.ones((h, w), dtype=bool))])[0], classes)
     if regions:
         part_type, part_probs = regions[0].type, regions[0].probabilities
     elif cls_probs is not None:  # a gate fired but no pixel passed: the classifier's word

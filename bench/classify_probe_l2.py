@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from defectlab.classify.experiment import _Cache, load_experiment, load_folds, resolve_attempts
+from defectlab.classify.data import ExperimentCache
+from defectlab.classify.experiment import load_experiment, load_folds, resolve_attempts
 from defectlab.classify.probe import features, fit_linear
 from defectlab.classify.train import build_setup
 from defectlab.config import write_json
@@ -41,7 +42,7 @@ def sweep(name: str) -> dict:
     attempt = {a.name: a for a in resolve_attempts(cfg)}[name]
     classes, folds, _ = load_folds(cfg.data)
     records = {str(r.path): r for f in folds for s in (f.train, f.val, f.test) for r in s}
-    cache = _Cache(list(records.values()), classes)
+    cache = ExperimentCache(list(records.values()), classes)
     data = cache.subset([records[p] for p in sorted(records)], attempt.train)
     setup = build_setup(attempt.model, attempt.train, classes, [1] * len(classes))
     setup.classifier.freeze("all")

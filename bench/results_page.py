@@ -175,7 +175,7 @@ def classify_grouped() -> Section | None:
         "baseline_cnn, augmented, pretrained_frozen, dropout_cosine) ran with `--part series` (12 epochs, "
         "patience 5, bench/results/classify_grouped_series.json). Region rows crop around the ground-truth "
         "mask at test time too, and pooled rows average over it (perfect localisation; with the detector's "
-        f"own regions see the verdict benchmark's rows (d) and (e)).{_probe_l2()}")
+        f"own regions see the verdict benchmark's rows (d) to (g)).{_probe_l2()}")
 
 
 def _probe_l2() -> str:
@@ -377,7 +377,9 @@ def verdict_bench() -> Section | None:
         return None
     names = {"a_classifier": "(a) classifier alone, with a good class", "b_gate": "(b) anomaly gate alone",
              "c_bundle": "(c) bundle", "d_bundle_pooled": "(d) bundle + region-pooled classifier",
-             "e_bundle_pooled_only": "(e) bundle, types from the region-pooled classifier only"}
+             "e_bundle_pooled_only": "(e) bundle, types from the region-pooled classifier only",
+             "f_bundle_pooled_regions": "(f) as (d), classifier also trained on the detector's regions",
+             "g_bundle_pooled_regions_only": "(g) as (e), classifier also trained on the detector's regions"}
     rows = [[names[m], f3(v["balanced_accuracy"]), f3(v["macro_f1"]), pct(v["good_false_alarm_rate"]),
              f3(v["balanced_accuracy_2class"]), _gated_types(d["per_seed"], m)] for m, v in d["summary"].items()]
     lat = d.get("latency")

@@ -12,7 +12,9 @@ test/good images:
   from good images only (the detector's held-out images);
 * (d) the same bundle with a region-pooled classifier (``pooled_probe`` of ``examples/classify_grouped.yaml``,
   fitted on the same labelled images) typing each region the rule finds, averaged with the head's types;
-  (e) that classifier alone types the regions. Same gate as (c): only the type can change.
+  (e) that classifier alone types the regions. Same gate as (c): only the type can change;
+* (f), (g): as (d), (e) with the classifier also trained on the regions the detector finds in the labelled
+  images (``train.regions_from``: the regions it is given at inference).
 
 Reports the 6-class confusion, balanced accuracy, macro-F1, good false-alarm rate (and the 2-class
 numbers), plus CPU latency per image of the bundle vs the anomaly run alone (``predict_images`` on the
@@ -49,7 +51,8 @@ from defectlab.verdict.rule import VerdictRule, decide
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewshot_curve import DATA, ROOT, data_args, shared_setup  # noqa: E402
 
-VARIANTS = ("a_classifier", "b_gate", "c_bundle", "d_bundle_pooled", "e_bundle_pooled_only")
+VARIANTS = ("a_classifier", "b_gate", "c_bundle", "d_bundle_pooled", "e_bundle_pooled_only",
+            "f_bundle_pooled_regions", "g_bundle_pooled_regions_only")
 
 
 def scores_of(y: list[str], p: list[str], labels: list[str]) -> dict:
@@ -83,19 +86,25 @@ def classifier_alone(feats: Features, train: list[int], test: list[int]) -> list
     return list(clf.predict(np.stack([pooled(feats, i) for i in test])))
 
 
-def pooled_classifier(feats: Features, train: list[int], classes: list[str], seed: int, out: Path):  # noqa: ANN201
+def pooled_classifier(feats: Features, train: list[int], classes: list[str], seed: int, out: Path,  # noqa: ANN201
+                      regions_from: Path | None = None):
     """The region-pooled probe of ``examples/classify_grouped.yaml`` (``pooled_probe``) on the labelled
-    defect images (their masks), as a ``Predictor``."""
+    defect images (their masks; with ``regions_from``, an anomaly run, also the regions its detector finds
+    in them), as a ``Predictor``."""
     from defectlab.classify.data import cache_images
     from defectlab.classify.models import ModelConfig
+    from defectlab.classify.pooled import with_detector_regions
     from defectlab.classify.predict import Predictor
     from defectlab.classify.probe import ProbeFitter
     from defectlab.classify.train import TrainConfig
 
     recs = [feats.records[i] for i in train]
     model = ModelConfig(name="efficientnet_lite0", weights="imagenet")
-    cfg = TrainConfig(image_size=256, input="pooled", probe="linear", weight_decay=0.03, tta="flips", seed=seed)
+    cfg = TrainConfig(image_size=256, input="pooled", probe="linear", weight_decay=0.03, tta="flips", seed=seed,
+                      regions_from=None if regions_from is None else str(regions_from))
     images = cache_images(recs, {c: j for j, c in enumerate(classes)}, size=256, input="pooled")
+    if regions_from is not None:
+        images = with_detector_regions(images, regions_from, size=256)
     ProbeFitter(model, cfg, classes, out, progress=False).fit(images, images)
     return Predictor(out / "best.pt", device="cpu").load()
 
@@ -159,8 +168,10 @@ def main() -> int:
         head.set_threshold(
             [float(_refine(head, feats, i, thr.pixel)[0].max()) for i in parts["holdout"]], cfg
         )
-        classifier = pooled_classifier(feats, chosen, classes, seed, Path(tempfile.mkdtemp(prefix="verdict_cls_")))
-        pred_c, pred_b, pred_d, pred_e = [], [], [], []
+        classifiers = [pooled_classifier(feats, chosen, classes, seed, Path(tempfile.mkdtemp(prefix="verdict_cls_")),
+                                         regions_from=source) for source in (None, run)]
+        pred_c, pred_b = [], []
+        typed: list[list[str]] = [[] for _ in range(4)]  # (d), (e), (f), (g)
         for i in test_idx:
             rmap, tmaps = _refine(head, feats, i, thr.pixel)
             common = dict(
@@ -177,16 +188,15 @@ def main() -> int:
             pred_c.append(GOOD if v.verdict == "ok" else v.type)
             pred_b.append("defect" if feats.scores[i] > thr.image else GOOD)
             if v.verdict == "ok":  # the same gate: the classifier only changes the type
-                pred_d.append(GOOD)
-                pred_e.append(GOOD)
+                for pred in typed:
+                    pred.append(GOOD)
                 continue
             # the maps (and so the regions) are at the detector's input size: the image is resized to it
             image = Image.open(feats.records[i].path).convert("RGB").resize(rmap.shape[::-1], Image.BILINEAR)
-            per_region = region_probs(classifier, image)
-            vd = decide(type_maps=tmaps.numpy(), region_probs=per_region, **common)
-            ve = decide(region_probs=per_region, **common)
-            pred_d.append(vd.type)
-            pred_e.append(ve.type)
+            for j, classifier in enumerate(classifiers):
+                per_region = region_probs(classifier, image)
+                typed[2 * j].append(decide(type_maps=tmaps.numpy(), region_probs=per_region, **common).type)
+                typed[2 * j + 1].append(decide(region_probs=per_region, **common).type)
         pred_a = classifier_alone(feats, train, test_idx)
         row = {
             "seed": seed,
@@ -196,8 +206,7 @@ def main() -> int:
             "a_classifier": scores_of(truth, pred_a, labels),
             "b_gate": scores_of(truth, pred_b, labels),
             "c_bundle": scores_of(truth, pred_c, labels),
-            "d_bundle_pooled": scores_of(truth, pred_d, labels),
-            "e_bundle_pooled_only": scores_of(truth, pred_e, labels),
+            **{m: scores_of(truth, pred, labels) for m, pred in zip(VARIANTS[3:], typed, strict=True)},
         }
         per_seed.append(row)
         write_json(args.out, {"summary": _summary(per_seed), "per_seed": per_seed, "args": vars(args),

@@ -190,3 +190,61 @@ def test_decide_classifies_each_region_with_a_region_guided_classifier() -> None
     calls.clear()
     v = decide(**{**common, "pixel_threshold": 2.0}, region_probs=region_probs)
     assert not v.regions and calls[0][0] == (0, 0, 60, 40) and calls[0][1].all() and v.type == "hole"
+
+
+def test_regions_from_adds_the_detector_regions_to_training(synthetic_object: Path, tmp_path: Path,
+                                                            one_torch_thread) -> None:
+    from defectlab.anomaly.detector import Detector
+    from defectlab.anomaly.runner import RunConfig, fit_detector
+    from defectlab.classify.pooled import detector_regions, with_detector_regions
+    from defectlab.config import from_dict
+
+    run = tmp_path / "run"
+    fit_detector(from_dict(RunConfig, {"data": str(synthetic_object), "model": "patchcore", "image_size": 128,
+                                       "resize": "squash", "holdout": 0.25,
+                                       "options": {"coreset_ratio": 0.1}})).save(run)
+    recs = sorted((r for r in open_dataset(synthetic_object).records if r.split == "test" and r.mask_path),
+                  key=lambda r: str(r.path))
+    c2i = {c: i for i, c in enumerate(sorted({r.defect_type for r in recs}))}
+    images = cache_images(recs, c2i, size=64, input="pooled")
+    both = with_detector_regions(images, run, size=64)
+    n = len(images)
+    assert len(both) == 2 * n and torch.equal(both.images[:n], images.images)
+    assert torch.equal(both.labels, torch.cat([images.labels, images.labels])) and both.paths == images.paths * 2
+    det = Detector.load(run)
+    regions = detector_regions(run, images.paths)
+    for i, (path, region) in enumerate(zip(images.paths, regions, strict=True)):
+        want = det.predict_images([path])[0].anomaly_map > det.thresholds.pixel
+        img = v2.functional.pil_to_tensor(load_pil(path, "RGB"))
+        if region is None:  # nothing passes: no region, the whole image
+            assert not want.any() and both.images[n + i, 3].max() == 0
+        else:
+            assert np.array_equal(region, want)
+            assert torch.equal(both.images[n + i], pooled_input(img, region, 64))
+    found = [r for r in regions if r is not None]
+    assert len(found) >= n // 2  # planted defects: the detector finds most
+    # the probe's feature cache tells an image with its mask from the same image with its detector region
+    from defectlab.classify.probe import features
+
+    fitter = ProbeFitter(ModelConfig("mobilenet_v2", weights="imagenet"),
+                         TrainConfig(image_size=64, input="pooled", probe="linear"), sorted(c2i), tmp_path / "p",
+                         progress=False).fit(images, images)  # caches the masks' features
+    got = fitter._train_features(fitter.setup_, both, torch.device("cpu"))  # noqa: SLF001
+    fresh = features(fitter.setup_, both.images, batch_size=16, device=torch.device("cpu"), flips=True)
+    torch.testing.assert_close(got, fresh)
+    assert not torch.allclose(got[: 4 * n], got[4 * n:])
+    # an attempt: regions_from relative to the YAML; twice the training rows, validation and test unchanged
+    classes = sorted(c2i)[:2]
+    cfg = {"data": {"dataset": str(synthetic_object), "classes": classes,
+                    "split": {"folds": 3, "test": 0.0, "use_train_good": False, "seed": 0, "classes": classes}},
+           "base": {"model": {"name": "mobilenet_v2", "weights": "imagenet"},
+                    "train": {"image_size": 64, "input": "pooled", "probe": "linear"}},
+           "attempts": [{"name": "masks"}, {"name": "both", "train": {"regions_from": "run"}}]}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    exp = load_experiment(tmp_path / "exp.yaml")
+    assert exp.attempts[1].train["regions_from"] == str(run.resolve())
+    masks, with_regions = run_experiment(exp, tmp_path / "out", progress=False)
+    assert with_regions["n_train"] == 2 * masks["n_train"] and with_regions["n_test"] == masks["n_test"]
+    with pytest.raises(ConfigError, match="regions_from.*pooled") as err:
+        check_config(TrainConfig(input="region", regions_from=str(run)))
+    assert "\n" not in str(err.value)

@@ -1,10 +1,11 @@
 """Images decoded and resized once, kept in memory as uint8 tensors; batches augmented on the fly.
 
 Decoding a JPEG and resizing it costs far more than a small network's forward pass on a 64-128 px
-image, so an attempt decodes every image once (``ImageCache``) and each epoch only indexes the cached
-(N, 3, H, W) uint8 tensor. Augmentation uses the presets of ``defectlab.data.transforms`` (the same
-ops as ``PairTransform``: none | basic: flips, rotation, random resized crop | strong: + colour jitter,
-random erasing), applied per sample to the cached uint8 image; normalisation is done per batch.
+image, so an experiment decodes every image once per input (``ExperimentCache``, ``cache_images``) and
+each epoch only indexes the cached (N, 3, H, W) uint8 tensor. Augmentation uses the presets of
+``defectlab.data.transforms`` (the same ops as ``PairTransform``: none | basic: flips, rotation, random
+resized crop | strong: + colour jitter, random erasing), applied per sample to the cached uint8 image;
+normalisation is done per batch.
 A region-pooled attempt (``input="pooled"``, ``defectlab.classify.pooled``) caches a fourth channel, the
 region's mask, which moves with the image and is passed on as weights in [0, 1].
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -22,6 +25,9 @@ from tqdm import tqdm
 from defectlab.data.index import SampleRecord
 from defectlab.data.io import load_mask, load_pil
 from defectlab.data.transforms import augment_ops, erase_op, resize_ops
+
+if TYPE_CHECKING:
+    from defectlab.classify.train import TrainConfig
 
 
 @dataclass
@@ -90,3 +96,44 @@ class BatchAugment:
         if train and self.erase is not None:
             x = torch.stack([self.erase(img) for img in x])
         return torch.cat([x, extra.float() / 255.0], 1) if extra.shape[1] else x
+
+
+class ExperimentCache:
+    """Every image of an experiment decoded once per input (image size, resize mode, whole, region crop or
+    pooled), shared by its attempts and folds."""
+
+    def __init__(self, records: list[SampleRecord], classes: list[str]) -> None:
+        self.records = {str(r.path): r for r in records}
+        self.paths = sorted(self.records)
+        self.pos = {p: i for i, p in enumerate(self.paths)}
+        self.c2i = {c: i for i, c in enumerate(classes)}
+        self._sets: dict[tuple, ImageSet] = {}
+
+    def subset(self, records: list[SampleRecord], t: TrainConfig, *, train: bool = False) -> ImageSet:
+        """The cached images of ``records``; the training split of an attempt with ``regions_from`` also
+        gets each image with its detector region (``defectlab.classify.pooled.with_detector_regions``)."""
+        if not (train and t.regions_from):
+            return self._subset(records, t)
+        key = ("regions_from", t.image_size, t.resize, t.regions_from)
+        if key not in self._sets:
+            from defectlab.classify.pooled import with_detector_regions
+
+            full = self._subset([self.records[p] for p in self.paths], t)
+            self._sets[key] = with_detector_regions(full, t.regions_from, size=t.image_size, resize=t.resize)
+        both = self._sets[key]
+        idx = torch.tensor([self.pos[str(r.path)] for r in records], dtype=torch.long)
+        idx = torch.cat([idx, idx + len(self.paths)])
+        return ImageSet(both.images[idx], both.labels[idx], [both.paths[i] for i in idx.tolist()])
+
+    def _subset(self, records: list[SampleRecord], t: TrainConfig) -> ImageSet:
+        region = t.input == "region"
+        key = (t.image_size, t.resize, t.input) + ((t.region_margin, t.region_min_side) if region else ())
+        if key not in self._sets:
+            recs = [SampleRecord(Path(p), "all", next(iter(self.c2i)), self.records[p].mask_path) for p in self.paths]
+            self._sets[key] = cache_images(recs, self.c2i, size=t.image_size, resize=t.resize,
+                                           desc=f"decode {t.input} {t.image_size}px", input=t.input,
+                                           margin=t.region_margin, min_side=t.region_min_side)
+        full = self._sets[key]
+        idx = torch.tensor([self.pos[str(r.path)] for r in records], dtype=torch.long)
+        labels = torch.tensor([self.c2i[r.defect_type] for r in records], dtype=torch.long)
+        return ImageSet(full.images[idx], labels, [str(r.path) for r in records])

@@ -43,11 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from defectlab import distributed
-from defectlab.classify.data import ImageSet, cache_images
+from defectlab.classify.data import ExperimentCache
 from defectlab.classify.models import ModelConfig, build_classifier
 from defectlab.classify.pooled import patch_layer
 from defectlab.classify.probe import ProbeFitter
@@ -125,6 +124,9 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         value = getattr(cfg.data, key)
         if value is not None:
             setattr(cfg.data, key, (path.parent / Path(value)).resolve())
+    for section in [cfg.base.get("train") or {}] + [a.train for a in cfg.attempts]:  # an anomaly run
+        if section.get("regions_from") and not Path(section["regions_from"]).is_absolute():
+            section["regions_from"] = str((path.parent / section["regions_from"]).resolve())
     rule = str(cfg.data.split.get("groups") or "")
     if rule.startswith("csv:") and not Path(rule[4:]).is_absolute():  # a group table relative to the YAML
         cfg.data.split["groups"] = "csv:" + str((path.parent / rule[4:]).resolve())
@@ -265,30 +267,6 @@ def _make_folds(records: list[SampleRecord], folds_of: dict[str, int]) -> list[F
     return out
 
 
-class _Cache:
-    """Every image of the experiment decoded once per input (image size, resize mode, whole or region crop)."""
-
-    def __init__(self, records: list[SampleRecord], classes: list[str]) -> None:
-        self.records = {str(r.path): r for r in records}
-        self.paths = sorted(self.records)
-        self.pos = {p: i for i, p in enumerate(self.paths)}
-        self.c2i = {c: i for i, c in enumerate(classes)}
-        self._sets: dict[tuple, ImageSet] = {}
-
-    def subset(self, records: list[SampleRecord], t: TrainConfig) -> ImageSet:
-        region = t.input == "region"
-        key = (t.image_size, t.resize, t.input) + ((t.region_margin, t.region_min_side) if region else ())
-        if key not in self._sets:
-            recs = [SampleRecord(Path(p), "all", next(iter(self.c2i)), self.records[p].mask_path) for p in self.paths]
-            self._sets[key] = cache_images(recs, self.c2i, size=t.image_size, resize=t.resize,
-                                           desc=f"decode {t.input} {t.image_size}px", input=t.input,
-                                           margin=t.region_margin, min_side=t.region_min_side)
-        full = self._sets[key]
-        idx = torch.tensor([self.pos[str(r.path)] for r in records], dtype=torch.long)
-        labels = torch.tensor([self.c2i[r.defect_type] for r in records], dtype=torch.long)
-        return ImageSet(full.images[idx], labels, [str(r.path) for r in records])
-
-
 # --------------------------------------------------------------------------------------------- run
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, index: DatasetIndex | None = None,
                    only: list[str] | None = None, progress: bool = True,
@@ -320,7 +298,7 @@ def _run(cfg: ExperimentConfig, out: Path, attempts: list[Attempt], index: Datas
     if rank0:
         write_yaml(out / "experiment.yaml", {"name": cfg.name, "data": to_dict(cfg.data),
                                              "resolved_data": data_desc, "attempts": [to_dict(a) for a in attempts]})
-    cache = _Cache([r for f in folds for s in (f.train, f.val, f.test) for r in s], classes)
+    cache = ExperimentCache([r for f in folds for s in (f.train, f.val, f.test) for r in s], classes)
     rows, curves = [], {}
     for attempt in attempts:
         adir = out / attempt.name
@@ -353,7 +331,7 @@ def _run(cfg: ExperimentConfig, out: Path, attempts: list[Attempt], index: Datas
     return rows
 
 
-def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cache: _Cache, progress: bool,
+def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cache: ExperimentCache, progress: bool,
               on_epoch_end: Callable[[int, dict[str, float]], None] | None, device: str | None = None,
               rank0: bool = True) -> tuple[dict[str, Any], list[dict]]:
     import json
@@ -363,7 +341,7 @@ def _run_fold(attempt: Attempt, fold: Fold, fdir: Path, classes: list[str], cach
         result = json.loads(done.read_text())
         return result, result["history"]
     t = attempt.train
-    train, val, test = (cache.subset(getattr(fold, s), t) for s in ("train", "val", "test"))
+    train, val, test = (cache.subset(getattr(fold, s), t, train=s == "train") for s in ("train", "val", "test"))
     fitter = ProbeFitter if t.probe != "none" else Trainer
     trainer = fitter(attempt.model, t, classes, fdir, progress=progress, on_epoch_end=on_epoch_end,
                      device=device).fit(train, val)

@@ -12,6 +12,11 @@ average over the whole grid. The features are frozen, so this input takes a prob
 
 The linear probe standardises the features (as every linear probe does, ``defectlab.classify.probe``).
 
+``train.regions_from: RUN`` (an anomaly run) adds each training image a second time with the region that
+run's detector finds (its map above the pixel threshold, ``detector_regions``): the regions an inspection
+bundle gives the classifier at inference are coarser and often shifted against the drawn masks, and a probe
+taught on both types those better. Validation and test keep the masks.
+
 The mask travels with the image as a fourth channel of the cached uint8 tensor (0-255 = weight 0-1), so
 every geometric operation (resize, flips for training features and for test-time augmentation) moves the
 mask with the image, and training, evaluation and prediction share one code path.
@@ -19,13 +24,19 @@ mask with the image, and training, evaluation and prediction share one code path
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
 from defectlab.backbones import BACKBONES, FeatureExtractor, build_backbone
+from defectlab.classify.data import ImageSet
+from defectlab.data.io import load_pil
 from defectlab.data.regions import Box
 from defectlab.data.transforms import resize_ops
 from defectlab.errors import ConfigError
@@ -109,6 +120,38 @@ def pooled_input(image: torch.Tensor, mask: np.ndarray | torch.Tensor | None, si
     return v2.Compose(resize_ops(size, resize))(torch.cat([image, m]))
 
 
+def detector_regions(run: str | Path, paths: Sequence[str | Path], *, batch_size: int = 8) -> list[np.ndarray | None]:
+    """The region an anomaly run's detector finds in each image, as an inspection bundle would hand it to a
+    region-guided classifier: its map above the run's pixel threshold, (H, W) bool at the image's decoded
+    size; None where no pixel passes (the bundle then classifies the whole image)."""
+    from defectlab.anomaly.detector import Detector
+
+    det = Detector.load(run, device="cpu")
+    out: list[np.ndarray | None] = []
+    for start in range(0, len(paths), batch_size):
+        for pred in det.predict_images(list(paths[start:start + batch_size]), batch_size=batch_size):
+            above = pred.anomaly_map > det.thresholds.pixel
+            out.append(above if above.any() else None)
+    return out
+
+
+def with_detector_regions(images: ImageSet, run: str | Path, *, size: int, resize: str = "squash") -> ImageSet:
+    """``images`` (pooled input: the records' own masks) followed by the same images with the regions the
+    anomaly run's detector finds (``detector_regions``): a region-pooled classifier then also learns the
+    regions it will be given at inference (``train.regions_from``)."""
+    extra = []
+    for path, region in zip(images.paths, detector_regions(run, images.paths), strict=True):
+        img = v2.functional.pil_to_tensor(load_pil(path, "RGB"))
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        if region is not None and region.shape != (h, w):  # the detector reduced a large file on load
+            region = np.asarray(Image.fromarray(region).resize((w, h), Image.NEAREST))
+        extra.append(pooled_input(img, region, size, resize))
+    if not extra:
+        return images
+    return ImageSet(torch.cat([images.images, torch.stack(extra)]), torch.cat([images.labels, images.labels]),
+                    images.paths * 2)
+
+
 def box_mask(box: Box | None, width: int, height: int) -> np.ndarray | None:
     """The filled ``(x, y, w, h)`` box as an (H, W) bool mask (None for None)."""
     if box is None:
@@ -119,5 +162,5 @@ def box_mask(box: Box | None, width: int, height: int) -> np.ndarray | None:
     return out
 
 
-__all__ = ["PooledBody", "box_mask", "make_pooled", "masked_mean", "patch_layer",
-           "pooled_input"]
+__all__ = ["PooledBody", "box_mask", "detector_regions", "make_pooled", "masked_mean", "patch_layer",
+           "pooled_input", "with_detector_regions"]

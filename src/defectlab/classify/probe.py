@@ -21,6 +21,7 @@ load it unchanged. :class:`ProbeFitter` has :class:`defectlab.classify.train.Tra
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,7 @@ from defectlab.classify.train import (
 from defectlab.config import to_dict
 
 PROTOTYPE_SCALE = 16.0  # cosine similarities in [-1, 1] times this are the logits (a softmax temperature)
-# Frozen features of the last backbone/input used, per image path: the folds of an experiment share images,
+# Frozen features of the last backbone/input used, per cached input: the folds of an experiment share images,
 # so each image is passed through the backbone once per attempt family, not once per fold.
 _CACHE: dict[str, object] = {"key": None, "features": {}}
 
@@ -143,16 +144,18 @@ class ProbeFitter:
         return self
 
     def _train_features(self, setup: Setup, train: ImageSet, device: torch.device) -> torch.Tensor:
-        """(4N, D) features of the training images and their flips, reusing the cache where it can."""
+        """(4N, D) features of the training images and their flips, reusing the cache where it can (keyed
+        by the cached input itself: one image with two region masks is two inputs)."""
         cfg = self.train_cfg
         key = repr((to_dict(self.model_cfg), cfg.image_size, cfg.resize, cfg.input, cfg.region_margin,
                     cfg.region_min_side))
         if _CACHE["key"] != key:
             _CACHE.update(key=key, features={})
         known: dict[str, torch.Tensor] = _CACHE["features"]  # type: ignore[assignment]
-        todo = [i for i, p in enumerate(train.paths) if p not in known]
+        digests = [hashlib.blake2b(img.numpy().tobytes(), digest_size=16).hexdigest() for img in train.images]
+        todo = list({d: i for i, d in enumerate(digests) if d not in known}.values())
         if todo:
             new = features(setup, train.images[todo], batch_size=cfg.eval_batch_size, device=device, flips=True)
             for j, i in enumerate(todo):
-                known[train.paths[i]] = new[4 * j:4 * j + 4]
-        return torch.cat([known[p] for p in train.paths])
+                known[digests[i]] = new[4 * j:4 * j + 4]
+        return torch.cat([known[d] for d in digests])

@@ -90,6 +90,7 @@ class TrainConfig:
     region_margin: float = 0.25  # region crops: margin around the region box, per side, x its longer side
     region_min_side: int = 48  # region crops: smallest crop side in image pixels
     probe: str = "none"  # none | linear | prototype: fit only a head on frozen, cached features (no epochs)
+    regions_from: str | None = None  # pooled: an anomaly run; also train on the regions its detector finds
     tta: str = "none"  # none | flips: average the softmax over horizontal/vertical flips at evaluation
 
 
@@ -136,6 +137,8 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.input == "pooled" and cfg.probe == "none":
         raise ConfigError("train.input: pooled takes a probe on frozen features: set train.probe to linear "
                           "or prototype")
+    if cfg.regions_from is not None and cfg.input != "pooled":
+        raise ConfigError("train.regions_from (an anomaly run's regions) needs train.input: pooled")
     if cfg.region_margin < 0 or cfg.region_min_side < 1:
         raise ConfigError("train: need region_margin >= 0 and region_min_side >= 1")
     if cfg.monitor not in ("val_loss", "val_acc"):

@@ -231,9 +231,10 @@ def test_serve_returns_the_verdict(parts: dict[str, Path]) -> None:
     assert client.get("/model").json()["bundle"]["classes"] == ["contamination", "crack", "hole", "scratch"]
 
 
-def test_region_guided_classifier_types_each_region(parts: dict[str, Path], tmp_path: Path) -> None:
+def test_region_guided_classifier_types_each_region(parts: dict[str, Path], tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     """A region-pooled classifier in a bundle classifies each region the rule found (its mask), not the
-    whole image."""
+    whole image; a classifier taught another detector's regions is named in a warning."""
     from defectlab.classify.data import cache_images
     from defectlab.classify.models import ModelConfig
     from defectlab.classify.probe import ProbeFitter
@@ -246,7 +247,17 @@ def test_region_guided_classifier_types_each_region(parts: dict[str, Path], tmp_
     ProbeFitter(ModelConfig("mobilenet_v2", weights="imagenet"), TrainConfig(image_size=64, input="pooled",
                                                                              probe="linear"),
                 classes, tmp_path / "cls" / "pooled", progress=False).fit(images, images)
-    build_bundle(parts["run"], tmp_path / "b", classify_run=tmp_path / "cls", attempt="pooled")
+    ckpt = tmp_path / "cls" / "pooled" / "best.pt"
+    with caplog.at_level("WARNING", logger="defectlab.verdict.bundle"):
+        build_bundle(parts["run"], tmp_path / "b", classify_run=tmp_path / "cls", attempt="pooled")
+        assert not caplog.records  # taught on masks only: nothing to say
+        state = torch.load(ckpt, weights_only=True)
+        for learned, warned in ((parts["run"], False), (tmp_path / "another_run", True)):
+            state["config"]["train"]["regions_from"] = str(learned)
+            torch.save(state, ckpt)
+            caplog.clear()
+            build_bundle(parts["run"], tmp_path / "b2", classify_run=tmp_path / "cls", attempt="pooled")
+            assert bool(caplog.records) == warned and (not warned or "another_run" in caplog.text)
     bundle = Bundle.load(tmp_path / "b")
     cls = bundle.classifier
     assert cls.region_guided

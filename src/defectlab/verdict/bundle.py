@@ -21,6 +21,7 @@ A region-guided classifier (``train.input: region`` or ``pooled``) classifies ea
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import shutil
 import tempfile
@@ -43,6 +44,8 @@ from defectlab.verdict.fewshot import Refiner, embed
 from defectlab.verdict.refine_run import REFINE_META, load_refiner
 from defectlab.verdict.rule import DEFECT, RegionProbs, Verdict, VerdictRule, decide
 
+log = logging.getLogger(__name__)
+
 FORMAT = "defectlab-inspection-bundle/1"
 GOOD_NAMES = ("good", "ok")
 
@@ -51,12 +54,20 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / BUNDLE_FILE).is_file()
 
 
-def _classifier_classes(checkpoint: Path) -> list[str]:
+def _classifier_classes(checkpoint: Path, anomaly_run: Path | None = None) -> list[str]:
+    """The checkpoint's classes; with ``anomaly_run`` (building a bundle), warns when a region-pooled
+    classifier learned another detector's regions (``train.regions_from``) than that run's."""
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        return list(ckpt["config"]["classes"])
+        config = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
+        classes = list(config["classes"])
     except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
         raise BadInputError(checkpoint, f"not a classify checkpoint ({type(exc).__name__})") from None
+    learned = (config.get("train") or {}).get("regions_from")
+    if anomaly_run is not None and learned and Path(learned).resolve() != anomaly_run.resolve():
+        log.warning("%s: the classifier learned the regions of the anomaly run %s, not of this bundle's %s; "
+                    "its types may suffer (retrain with train.regions_from: %s)", checkpoint, learned,
+                    anomaly_run, anomaly_run)
+    return classes
 
 
 def check_parts(
@@ -132,7 +143,7 @@ def build_bundle(
     cls_classes = None
     if classify_run is not None:
         ckpt = pick_checkpoint(classify_run, attempt)
-        cls_classes = _classifier_classes(ckpt)
+        cls_classes = _classifier_classes(ckpt, anomaly_run)
         files["classifier/best.pt"] = ckpt
     classes = check_parts(out, det_meta, refine_meta, cls_classes)
     if out.exists() and not is_bundle(out):

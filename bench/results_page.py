@@ -178,6 +178,23 @@ def classify_grouped() -> Section | None:
         f"own regions see the verdict benchmark's rows (d) to (g)).{_probe_l2()}")
 
 
+def classify_regions() -> Section | None:
+    d = load("classify_regions.json")
+    if d is None:
+        return None
+    rows = [[r["train"], r["test"], f"{r['balanced_acc']:.3f} ± {r['balanced_acc_std']:.3f}",
+             f3(r["balanced_acc_where_found"])] for r in d["rows"]]
+    share = ", ".join(f"{c} {pct(v)}" for c, v in d["found_share_per_class"].items())
+    return Section(
+        "Defect types on the detector's regions: magnetic_tile, grouped 5-fold",
+        d["command"], "bench/results/classify_regions.json", d["machine"],
+        table(["probe trained on", "tested on", "balanced accuracy", "where the detector finds a region"], rows),
+        f"The `{d['attempt']}` attempt of examples/classify_grouped.yaml on the same folds; RUN = "
+        f"{d['anomaly_run']}. The detector finds a region in {pct(d['found_share'])} of the {d['n_images']} "
+        f"defect images ({share}); the last column pools those over the folds. Training on the detector's "
+        "regions too is `train.regions_from: RUN` (docs/classify.md).")
+
+
 def _probe_l2() -> str:
     d = load("classify_probe_l2.json")
     if d is None:
@@ -566,7 +583,7 @@ def soak() -> Section | None:
 
 
 SECTIONS: list[Callable[[], Section | None]] = [
-    anomaly_tile_split, threshold_holdout, anomalib_side_by_side, classify_neu, classify_grouped,
+    anomaly_tile_split, threshold_holdout, anomalib_side_by_side, classify_neu, classify_grouped, classify_regions,
     lambda: _longtail("neu"), lambda: _longtail("magnetic_tile"), segmentation, serving, soak, runtime_rss,
     records, scaling_cpu,
     fewshot_curve, verdict_bench, nn_search, ray_inspect,

@@ -15,7 +15,7 @@ from defectlab.classify.data import cache_images
 from defectlab.classify.experiment import load_experiment, resolve_attempts, run_experiment
 from defectlab.classify.models import ModelConfig, build_classifier
 from defectlab.classify.pooled import make_pooled, patch_layer, pooled_input
-from defectlab.classify.predict import Predictor
+from defectlab.classify.predict import Predictor, pick_checkpoint
 from defectlab.classify.probe import ProbeFitter
 from defectlab.classify.train import TrainConfig, build_setup, check_config, predict_logits
 from defectlab.data.index import open_dataset
@@ -193,10 +193,11 @@ def test_decide_classifies_each_region_with_a_region_guided_classifier() -> None
 
 
 def test_regions_from_adds_the_detector_regions_to_training(synthetic_object: Path, tmp_path: Path,
-                                                            one_torch_thread) -> None:
+                                                            capsys: pytest.CaptureFixture, one_torch_thread) -> None:
     from defectlab.anomaly.detector import Detector
     from defectlab.anomaly.runner import RunConfig, fit_detector
     from defectlab.classify.pooled import detector_regions, with_detector_regions
+    from defectlab.cli import main
     from defectlab.config import from_dict
 
     run = tmp_path / "run"
@@ -245,6 +246,19 @@ def test_regions_from_adds_the_detector_regions_to_training(synthetic_object: Pa
     assert exp.attempts[1].train["regions_from"] == str(run.resolve())
     masks, with_regions = run_experiment(exp, tmp_path / "out", progress=False)
     assert with_regions["n_train"] == 2 * masks["n_train"] and with_regions["n_test"] == masks["n_test"]
+    # classify predict --regions-from: each image's detector region, as predict_regions with it
+    files = images.paths[:4]
+    capsys.readouterr()
+    assert main(["classify", "predict", str(tmp_path / "out"), "--attempt", "both", *files,
+                 "--regions-from", str(run)]) == 0
+    lines = [ln.split("\t") for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
+    pred = Predictor(pick_checkpoint(tmp_path / "out", "both"), device="cpu")
+    for (path, label, prob), region in zip(lines, regions[:4], strict=True):
+        box = mask_box(region) if region is not None else None
+        want = pred.predict_regions(path, [box], [region])[0]
+        assert label == want.label and float(prob) == pytest.approx(want.probability, abs=1e-3)
+    assert main(["classify", "predict", str(tmp_path / "out"), files[0], "--regions-from", str(run),
+                 "--masks", str(synthetic_object)]) == 2
     with pytest.raises(ConfigError, match="regions_from.*pooled") as err:
         check_config(TrainConfig(input="region", regions_from=str(run)))
     assert "\n" not in str(err.value)

@@ -122,8 +122,8 @@ def pooled_input(image: torch.Tensor, mask: np.ndarray | torch.Tensor | None, si
 
 def detector_regions(run: str | Path, paths: Sequence[str | Path], *, batch_size: int = 8) -> list[np.ndarray | None]:
     """The region an anomaly run's detector finds in each image, as an inspection bundle would hand it to a
-    region-guided classifier: its map above the run's pixel threshold, (H, W) bool at the image's decoded
-    size; None where no pixel passes (the bundle then classifies the whole image)."""
+    region-guided classifier: its map above the run's pixel threshold, (H, W) bool in the image file's
+    pixels; None where no pixel passes (the bundle then classifies the whole image)."""
     from defectlab.anomaly.detector import Detector
 
     det = Detector.load(run, device="cpu")
@@ -131,6 +131,9 @@ def detector_regions(run: str | Path, paths: Sequence[str | Path], *, batch_size
     for start in range(0, len(paths), batch_size):
         for pred in det.predict_images(list(paths[start:start + batch_size]), batch_size=batch_size):
             above = pred.anomaly_map > det.thresholds.pixel
+            w, h = pred.extra["source_size"]
+            if above.any() and above.shape != (h, w):  # the detector reduced a large file on load
+                above = np.asarray(Image.fromarray(above).resize((w, h), Image.NEAREST))
             out.append(above if above.any() else None)
     return out
 
@@ -141,11 +144,7 @@ def with_detector_regions(images: ImageSet, run: str | Path, *, size: int, resiz
     regions it will be given at inference (``train.regions_from``)."""
     extra = []
     for path, region in zip(images.paths, detector_regions(run, images.paths), strict=True):
-        img = v2.functional.pil_to_tensor(load_pil(path, "RGB"))
-        h, w = int(img.shape[-2]), int(img.shape[-1])
-        if region is not None and region.shape != (h, w):  # the detector reduced a large file on load
-            region = np.asarray(Image.fromarray(region).resize((w, h), Image.NEAREST))
-        extra.append(pooled_input(img, region, size, resize))
+        extra.append(pooled_input(v2.functional.pil_to_tensor(load_pil(path, "RGB")), region, size, resize))
     if not extra:
         return images
     return ImageSet(torch.cat([images.images, torch.stack(extra)]), torch.cat([images.labels, images.labels]),

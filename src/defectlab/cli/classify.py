@@ -43,12 +43,15 @@ def predict(
     masks: Path = typer.Option(None, help="Masks folder: each image's DIR/<its folder>/<stem>_mask.png (MVTec "
                                "ground_truth layout) or DIR/<stem>_mask.png; a region-guided attempt (input "
                                "region | pooled) classifies that region."),
+    regions_from: Path = typer.Option(None, "--regions-from", help="An anomaly run: a region-guided attempt "
+                                      "classifies the region its detector finds in each image (as a bundle "
+                                      "does; none found: the whole image / the centre)."),
 ) -> None:
     """Print the predicted class and its probability for each image."""
     from defectlab.classify.predict import Predictor, pick_checkpoint
     from defectlab.classify.regions import mask_region
     from defectlab.data.io import is_image_file, load_mask, read_info
-    from defectlab.errors import BadInputError
+    from defectlab.errors import BadInputError, ConfigError
 
     ckpt = run_dir if run_dir.is_file() else pick_checkpoint(run_dir, attempt)
     paths: list[Path] = []
@@ -62,21 +65,30 @@ def predict(
     if not paths:
         raise BadInputError(images[0], "no images found")
     typer.echo(f"# {ckpt}")
+    if masks is not None and regions_from is not None:
+        raise ConfigError("give --masks or --regions-from, not both")
     predictor = Predictor(ckpt, device=device).load()
-    if masks is None:
+    if masks is None and regions_from is None:
         if predictor.region_guided:
-            typer.echo("# a region-guided attempt without --masks: each image is classified around its centre "
-                       "(pooled: over the whole image); give --masks or use it in a bundle", err=True)
+            typer.echo("# a region-guided attempt without --masks or --regions-from: each image is classified "
+                       "around its centre (pooled: over the whole image)", err=True)
         results = predictor.predict(paths)
     else:
-        if not masks.is_dir():
+        if regions_from is not None:
+            from defectlab.classify.pooled import detector_regions
+
+            found = detector_regions(regions_from, paths)
+        elif not masks.is_dir():
             raise BadInputError(masks, "not a folder")
+        else:
+            found = []
+            for p in paths:
+                name = f"{p.stem}_mask.png"
+                f = next((c for c in (masks / p.parent.name / name, masks / name) if c.is_file()), None)
+                info = read_info(p)
+                found.append(load_mask(f, (info.width, info.height)) if f is not None else None)
         results = []
-        for p in paths:
-            name = f"{p.stem}_mask.png"
-            f = next((c for c in (masks / p.parent.name / name, masks / name) if c.is_file()), None)
-            info = read_info(p)
-            m = load_mask(f, (info.width, info.height)) if f is not None else None
+        for p, m in zip(paths, found, strict=True):
             box = mask_region(m) if m is not None else None
             results.append(predictor.predict_regions(p, [box], [m if box is not None else None])[0])
     for r in results:

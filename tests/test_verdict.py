@@ -97,6 +97,26 @@ def test_zero_shots_is_the_detector_bit_for_bit(parts: dict[str, Path]) -> None:
     assert head.refine(emb, out, 1.0)[0] is out.maps and x.shape[0] == 2
 
 
+def test_refiner_fit_depends_on_its_seed_only(one_torch_thread) -> None:
+    from defectlab.verdict.fewshot import Refiner, grid_target
+
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(9, 12, 12, generator=gen) for _ in range(4)]
+    mask = np.zeros((96, 96), bool)
+    mask[30:60, 30:60] = True
+    ys = [grid_target(mask, (12, 12), 1 + i % 2, 2) for i in range(3)] + [grid_target(mask, (12, 12), 0, 2)]
+    cfg = RefineConfig(steps=20, seed=3)
+    torch.manual_seed(1)
+    a = Refiner(9, ["a", "b"]).fit(xs, ys, cfg, shots=1)
+    torch.manual_seed(2)
+    torch.rand(100)  # another RNG history before the head is built
+    b = Refiner(9, ["a", "b"]).fit(xs, ys, cfg, shots=1)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    c = Refiner(9, ["a", "b"]).fit(xs, ys, RefineConfig(steps=20, seed=4), shots=1)
+    assert not torch.equal(a.net[0].weight, c.net[0].weight)
+
+
 def test_save_load_predict_identical(parts: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "moved"
     shutil.copytree(parts["bundle"], copy)

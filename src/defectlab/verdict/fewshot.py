@@ -164,6 +164,9 @@ class Refiner(nn.Module):
         if len(inputs) != len(targets) or not inputs:
             raise ConfigError("few-shot refinement needs at least one labelled image")
         torch.manual_seed(cfg.seed)
+        for layer in self.net:  # the initial weights too come from the seed, not from the caller's RNG state
+            if isinstance(layer, nn.Conv2d):
+                layer.reset_parameters()
         rng = random.Random(cfg.seed)
         flat = torch.cat([x.flatten(1) for x in inputs], dim=1)
         self.mean_ = flat.mean(1)

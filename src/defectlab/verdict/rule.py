@@ -157,12 +157,13 @@ def decide(
         source = anomaly_map
     cls_probs = _type_probs(classifier_probs, classes)
     boxes = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop) for sl, _ in found]
-    per_region = region_probs(list(zip(boxes, [m for _, m in found], strict=True))) if region_probs and found else []
+    per_region = (region_probs([(b, m) for b, (_, m) in zip(boxes, found, strict=True)])
+                  if region_probs is not None and found else [None] * len(found))
     regions = []
-    for i, ((sl, mask), box) in enumerate(zip(found, boxes, strict=True)):
+    for (sl, mask), box, rprobs in zip(found, boxes, per_region, strict=True):
         vals = source[sl][mask]  # type: ignore[index]
-        if per_region:
-            cls_probs = _type_probs(per_region[i], classes)
+        if rprobs is not None:
+            cls_probs = _type_probs(rprobs, classes)
         probs: dict[str, float] = {}
         if type_maps is not None:
             w = vals - vals.min() + 1e-6  # weighted towards the region's peak

@@ -44,14 +44,20 @@ DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 
 
 def data_args(ap: argparse.ArgumentParser) -> None:
-    """The image sample shared by the few-shot and verdict benchmarks (sized for a shared 2-core CPU)."""
+    """The images shared by the few-shot and verdict benchmarks: by default what ``defectlab refine`` uses
+    (60 good negatives, every held-out good image for the refined threshold) and the whole test split; the
+    ``--max-*`` options (0 = all) size it down for a busy machine."""
     ap.add_argument("--cache", default="/tmp/verdict_runs/mt_feats.pt")
-    ap.add_argument("--max-good", type=int, default=40, help="good training images used as negatives")
-    ap.add_argument("--max-good-test", type=int, default=80, help="test/good images (all: 237)")
-    ap.add_argument("--max-holdout", type=int, default=50, help="held-out good images for the refined threshold")
-    ap.add_argument("--max-shots-per-tile", type=int, default=3, help="shots kept per defective tile")
+    ap.add_argument("--max-good", type=int, default=RefineConfig.max_good, help="good training images as negatives")
+    ap.add_argument("--max-good-test", type=int, default=0, help="test/good images (0: all)")
+    ap.add_argument("--max-holdout", type=int, default=0, help="held-out good images, refined threshold (0: all)")
+    ap.add_argument("--max-shots-per-tile", type=int, default=0, help="shots kept per defective tile (0: all)")
     ap.add_argument("--shard", default="", help="i/N: only compute and cache shard i of N of the features")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
+
+
+def _at_most(limit: int, n: int) -> int:
+    return n if limit <= 0 else min(limit, n)
 
 
 def load_features(det: Detector, run: Path, data: Path, args: argparse.Namespace) -> tuple[Features, dict]:
@@ -62,17 +68,17 @@ def load_features(det: Detector, run: Path, data: Path, args: argparse.Namespace
     fit_recs, hold_recs = split_train(index, run_cfg)
     rng = random.Random(0)
     negatives = rng.sample(fit_recs, min(args.max_good, len(fit_recs)))
-    holdout = rng.sample(hold_recs, min(args.max_holdout, len(hold_recs)))
+    holdout = rng.sample(hold_recs, _at_most(args.max_holdout, len(hold_recs)))
     test = index.select(split="test")
     good_test = [r for r in test if r.defect_type == GOOD]
-    good_test = rng.sample(good_test, min(args.max_good_test, len(good_test)))
+    good_test = rng.sample(good_test, _at_most(args.max_good_test, len(good_test)))
     defects = [r for r in test if r.defect_type != GOOD]
     keys = read_groups(data.parent / "magnetic_tile_tiles.csv", data, [r.path for r in defects])
     seen: dict[str, int] = {}
     kept = []
     for r, k in zip(defects, keys, strict=True):
         seen[k] = seen.get(k, 0) + 1
-        if seen[k] <= args.max_shots_per_tile:
+        if seen[k] <= _at_most(args.max_shots_per_tile, seen[k]):
             kept.append(r)
     test = kept + good_test
     records = test + negatives + holdout

@@ -57,12 +57,14 @@ VARIANTS = ("a_classifier", "b_gate", "c_bundle", "d_bundle_pooled", "e_bundle_p
 
 def scores_of(y: list[str], p: list[str], labels: list[str]) -> dict:
     good = [pp for yy, pp in zip(y, p, strict=True) if yy == GOOD]
+    flagged = [pp != GOOD for yy, pp in zip(y, p, strict=True) if yy != GOOD]
     y2 = ["defect" if t != GOOD else GOOD for t in y]
     p2 = ["defect" if t != GOOD else GOOD for t in p]
     return {
         "balanced_accuracy": round(balanced_accuracy(y, p), 4),
         "macro_f1": round(macro_f1(y, p, labels), 4),
         "good_false_alarm_rate": round(float(np.mean([q != GOOD for q in good])), 4),
+        "defect_recall": round(float(np.mean(flagged)), 4),  # defective parts not called good
         "balanced_accuracy_2class": round(balanced_accuracy(y2, p2), 4),
         "labels": labels + sorted(set(p) - set(labels)),
         "confusion": confusion_matrix(y, p, labels + sorted(set(p) - set(labels))).tolist(),
@@ -242,7 +244,7 @@ def main() -> int:
 
 
 def _summary(per_seed: list[dict]) -> dict:
-    keys = ("balanced_accuracy", "macro_f1", "good_false_alarm_rate", "balanced_accuracy_2class")
+    keys = ("balanced_accuracy", "macro_f1", "good_false_alarm_rate", "defect_recall", "balanced_accuracy_2class")
     return {m: {k: round(float(np.mean([r[m][k] for r in per_seed])), 4) for k in keys}
             for m in VARIANTS}
 

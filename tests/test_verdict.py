@@ -117,6 +117,31 @@ def test_refiner_fit_depends_on_its_seed_only(one_torch_thread) -> None:
     assert not torch.equal(a.net[0].weight, c.net[0].weight)
 
 
+def test_refined_threshold_holds_with_few_held_out_images() -> None:
+    """Thresholds from 20 held-out maxima drawn from a known distribution (logit-normal, as the refined
+    maxima roughly are): the rule's false-alarm rate on that distribution stays near the 1% asked for, where
+    the empirical 0.99 quantile of 20 scores (about their maximum) lets through several times more."""
+    from statistics import NormalDist
+
+    from defectlab.metrics import threshold_from_good
+    from defectlab.verdict.fewshot import refined_threshold
+
+    rng = np.random.default_rng(0)
+    mu, sd = 0.3, 0.5  # logits of good images' maxima: probabilities around 0.57
+
+    def false_alarms(t: float) -> float:
+        return 1 - NormalDist(mu, sd).cdf(float(np.log(t / (1 - t))))
+
+    rule, empirical = [], []
+    for _ in range(400):
+        s = 1 / (1 + np.exp(-rng.normal(mu, sd, 20)))
+        rule.append(false_alarms(refined_threshold(s, 0.99)))
+        empirical.append(false_alarms(threshold_from_good(s, 0.99)))
+        assert refined_threshold(s, 0.99) >= max(threshold_from_good(s, 0.99), 0.5)
+    assert np.mean(rule) < 0.02 < np.mean(empirical)
+    assert refined_threshold([0.1, 0.2, 0.15], 0.99, floor=0.5) == 0.5  # never below "as likely as background"
+
+
 def test_save_load_predict_identical(parts: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "moved"
     shutil.copytree(parts["bundle"], copy)

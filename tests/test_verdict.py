@@ -117,6 +117,24 @@ def test_refiner_fit_depends_on_its_seed_only(one_torch_thread) -> None:
     assert not torch.equal(a.net[0].weight, c.net[0].weight)
 
 
+def test_refine_warns_without_held_out_images(parts: dict[str, Path], tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """An anomaly run fitted without a hold-out leaves the refined threshold only images the detector was
+    fitted on: refine says so."""
+    from defectlab.config import load_yaml, write_yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(parts["run"], run)
+    write_yaml(run / "config.yaml", {**load_yaml(run / "config.yaml"), "holdout": 0.0})
+    with caplog.at_level("WARNING", logger="defectlab.verdict.refine_run"):
+        refine_run(parts["data"], run, tmp_path / "k1", RefineConfig(shots=1, steps=5))
+    assert "held out no good images" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="defectlab.verdict.refine_run"):
+        refine_run(parts["data"], parts["run"], tmp_path / "k1b", RefineConfig(shots=1, steps=5))
+    assert "held out no good images" not in caplog.text
+
+
 def test_refined_threshold_holds_with_few_held_out_images() -> None:
     """Thresholds from 20 held-out maxima drawn from a known distribution (logit-normal, as the refined
     maxima roughly are): the rule's false-alarm rate on that distribution stays near the 1% asked for, where

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from defectlab.errors import BadInputError, ConfigError
 from defectlab.verdict.fewshot import RefineConfig, Refiner, embed, grid_target, head_input
 
 FORMAT = "defectlab-fewshot-head/1"
+log = logging.getLogger(__name__)
 REFINE_META = "refine.json"
 REFINE_FILE = "refine.safetensors"
 
@@ -146,6 +148,10 @@ def refine_run(
     rng = random.Random(cfg.seed)
     negatives = rng.sample(fit_recs, min(cfg.max_good, len(fit_recs)))
     probe = hold_recs or fit_recs
+    if not hold_recs and cfg.shots + half > 0:
+        log.warning("%s held out no good images: the refined threshold comes from images the detector was fitted "
+                    "on, which score low, so it will flag more new good parts than it should; fit the anomaly "
+                    "run with a hold-out (its default)", anomaly_run)
     feats = collect(det, [pool[i] for i in chosen] + negatives + probe)
     n_train = len(chosen) + len(negatives)
     head = Refiner(feats.emb[0].shape[0] + 1 if feats.emb else 1, classes, cfg.hidden)

@@ -32,9 +32,9 @@ from defectlab.errors import BadInputError, ConfigError
 from defectlab.verdict.fewshot import RefineConfig, Refiner, embed, grid_target, head_input
 
 FORMAT = "defectlab-fewshot-head/1"
-log = logging.getLogger(__name__)
 REFINE_META = "refine.json"
 REFINE_FILE = "refine.safetensors"
+log = logging.getLogger(__name__)
 
 
 @dataclass

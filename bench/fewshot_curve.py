@@ -78,7 +78,7 @@ def load_features(det: Detector, run: Path, data: Path, args: argparse.Namespace
     kept = []
     for r, k in zip(defects, keys, strict=True):
         seen[k] = seen.get(k, 0) + 1
-        if seen[k] <= _at_most(args.max_shots_per_tile, seen[k]):
+        if not args.max_shots_per_tile or seen[k] <= args.max_shots_per_tile:
             kept.append(r)
     test = kept + good_test
     records = test + negatives + holdout

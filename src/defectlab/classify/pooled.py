@@ -128,7 +128,7 @@ def detector_regions(run: str | Path, paths: Sequence[str | Path], *, batch_size
 
     det = Detector.load(run, device="cpu")
     out: list[np.ndarray | None] = []
-    for start in range(0, len(paths), batch_size):
+    for start in range(0, len(paths), batch_size):  # a chunk at a time: its float maps go once thresholded
         for pred in det.predict_images(list(paths[start:start + batch_size]), batch_size=batch_size):
             above = pred.anomaly_map > det.thresholds.pixel
             w, h = pred.extra["source_size"]
